@@ -1,0 +1,100 @@
+"""The vocabularies of the audit record, shared by every app.
+
+Actions carry the DICOM audit event id (DICOM PS3.15 Annex A.5 / DCM 1101xx) where one fits,
+so that the FHIR AuditEvent export can use them as `type`. Purposes of use are the HL7 v3
+PurposeOfUse codes; they live here, on the lowest floor, because audit rows, facility API
+tokens and consent grants all speak of them.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Outcome(models.TextChoices):
+    ALLOWED = "allowed", "Allowed"
+    DENIED = "denied", "Denied"
+    ERROR = "error", "Error"
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", "Signed-in person"
+    API_TOKEN = "api_token", "Facility API token"
+    SHARE_LINK = "share_link", "Share link"
+    DICOM_NODE = "dicom_node", "DICOM node"
+    SYSTEM = "system", "The portal itself"
+    ANONYMOUS = "anonymous", "Not signed in"
+
+
+class TargetKind(models.TextChoices):
+    USER = "user", "Account"
+    FACILITY = "facility", "Facility"
+    MEMBERSHIP = "membership", "Staff membership"
+    INVITATION = "invitation", "Invitation"
+    API_TOKEN = "api_token", "API token"
+    PATIENT = "patient", "Patient"
+    STUDY = "study", "Study"
+    SERIES = "series", "Series"
+    INSTANCE = "instance", "Instance"
+    GRANT = "grant", "Consent grant"
+    SHARE_LINK = "share_link", "Share link"
+    AUDIT_LOG = "audit_log", "Audit log"
+
+
+class PurposeOfUse(models.TextChoices):
+    """HL7 v3 PurposeOfUse (2.16.840.1.113883.1.11.20448) codes the portal uses."""
+
+    TREATMENT = "TREAT", "Treatment"
+    EMERGENCY = "ETREAT", "Emergency treatment"
+    SECOND_OPINION = "CLINTRCH", "Second opinion / consultation"
+    TRANSFER_OF_CARE = "COC", "Transfer of care"
+    RESEARCH = "HRESCH", "Research"
+    EDUCATION = "HEDUC", "Education"
+    PATIENT_REQUEST = "PATRQT", "Patient's own request"
+    OPERATIONS = "HOPERAT", "Healthcare operations"
+
+
+class Action(models.TextChoices):
+    # Accounts and sessions (DCM 110114 User Authentication)
+    LOGIN = "user.login", "Signed in"
+    LOGIN_FAILED = "user.login_failed", "Sign-in failed"
+    LOGOUT = "user.logout", "Signed out"
+    SESSION_EXPIRED = "user.session_expired", "Session ended by timeout"
+    MFA_ADDED = "user.mfa_added", "Two-factor method added"
+    MFA_REMOVED = "user.mfa_removed", "Two-factor method removed"
+    MFA_RECOVERY_CODES_RESET = "user.mfa_reset", "Recovery codes renewed"
+    PASSWORD_CHANGED = "user.password_changed", "Password changed"
+    PASSWORD_RESET = "user.password_reset", "Password reset"
+    # Facility staff and API tokens (DCM 110136 Security Roles Changed, 110137 attributes)
+    STAFF_INVITED = "staff.invited", "Staff member invited"
+    STAFF_INVITATION_REVOKED = "staff.invitation_revoked", "Staff invitation withdrawn"
+    STAFF_JOINED = "staff.joined", "Staff member joined"
+    STAFF_REMOVED = "staff.removed", "Staff member removed"
+    API_TOKEN_CREATED = "api_token.created", "API token created"
+    API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
+    API_TOKEN_REJECTED = "api_token.rejected", "API token refused"
+    # The audit log itself (DCM 110113 Security Alert)
+    AUDIT_CHAIN_VERIFIED = "audit.verified", "Audit log verified"
+    AUDIT_CHAIN_BROKEN = "audit.broken", "Audit log found altered"
+
+
+DICOM_EVENT_ID: dict[str, str] = {
+    Action.LOGIN: "110114",
+    Action.LOGIN_FAILED: "110114",
+    Action.LOGOUT: "110114",
+    Action.SESSION_EXPIRED: "110114",
+    Action.MFA_ADDED: "110137",
+    Action.MFA_REMOVED: "110137",
+    Action.MFA_RECOVERY_CODES_RESET: "110137",
+    Action.PASSWORD_CHANGED: "110137",
+    Action.PASSWORD_RESET: "110137",
+    Action.STAFF_INVITED: "110136",
+    Action.STAFF_INVITATION_REVOKED: "110136",
+    Action.STAFF_JOINED: "110136",
+    Action.STAFF_REMOVED: "110136",
+    Action.API_TOKEN_CREATED: "110137",
+    Action.API_TOKEN_REVOKED: "110137",
+    Action.API_TOKEN_REJECTED: "110113",
+    Action.AUDIT_CHAIN_VERIFIED: "110113",
+    Action.AUDIT_CHAIN_BROKEN: "110113",
+}

@@ -1,0 +1,146 @@
+"""The object store: where encrypted study objects rest.
+
+One interface over two backends chosen by settings (`STORAGES["objects"]`): any S3-compatible
+service through django-storages/boto3, or a local folder for the embedded default. Callers get
+opaque object names that carry no PHI, write streams, and read streams from any byte offset
+(so decryption can start at a segment without fetching the whole object). Nobody outside the
+portal is ever given a storage URL: every read passes through the portal's access decision.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage, storages
+
+OBJECT_NAME_BYTES = 16  # 128 random bits: unguessable, and never derived from DICOM data.
+
+
+class StoreUnavailable(Exception):
+    """The object store did not answer, or refused our credentials."""
+
+
+class ObjectMissing(Exception):
+    """The named object is not in the store."""
+
+
+class ObjectStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @property
+    def is_s3(self) -> bool:
+        return hasattr(self.storage, "bucket_name")
+
+    @staticmethod
+    def new_name(kind: str) -> str:
+        """A fresh object name: `<kind>/<2 hex>/<32 hex>`; the prefix spreads keys for S3."""
+        if not kind.isidentifier():
+            raise ValueError("object kind must be a plain word")
+        token = secrets.token_hex(OBJECT_NAME_BYTES)
+        return f"{kind}/{token[:2]}/{token}"
+
+    def put(self, name: str, stream: IO[bytes]) -> None:
+        """Write `stream` under `name` exactly (never renamed, never made public)."""
+        stored_as = self.storage.save(name, File(stream, name=name))
+        if stored_as != name:  # a backend that renames would lose the object for us
+            self.storage.delete(stored_as)
+            raise StoreUnavailable("the object store renamed an object")
+
+    def size(self, name: str) -> int:
+        try:
+            return int(self.storage.size(name))
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+        except Exception as exc:
+            if _is_s3_not_found(exc):
+                raise ObjectMissing(name) from None
+            raise
+
+    def exists(self, name: str) -> bool:
+        return bool(self.storage.exists(name))
+
+    def delete(self, name: str) -> None:
+        """Remove an object; removing one that is already gone is not an error."""
+        self.storage.delete(name)
+
+    @contextmanager
+    def open(self, name: str, *, offset: int = 0) -> Iterator[BinaryIO]:
+        """A readable stream of the object from byte `offset` on, read lazily."""
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if self.is_s3:
+            body = self._s3_get(name, offset)
+            try:
+                yield body
+            finally:
+                body.close()
+            return
+        assert isinstance(self.storage, FileSystemStorage)
+        try:
+            handle = Path(self.storage.path(name)).open("rb")
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+        with handle:
+            handle.seek(offset)
+            yield handle
+
+    def _s3_get(self, name: str, offset: int) -> Any:
+        storage: Any = self.storage
+        key = storage._normalize_name(name)
+        kwargs = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            return storage.bucket.Object(key).get(**kwargs)["Body"]
+        except Exception as exc:
+            if _is_s3_not_found(exc):
+                raise ObjectMissing(name) from None
+            raise
+
+    def check(self, *, timeout: float = 1.0) -> None:
+        """Raise StoreUnavailable unless the store answers within `timeout` seconds."""
+        if not self.is_s3:
+            assert isinstance(self.storage, FileSystemStorage)
+            location = Path(self.storage.location)
+            location.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not location.is_dir():
+                raise StoreUnavailable("the object folder is missing")
+            return
+        import boto3
+        from botocore.config import Config
+
+        storage: Any = self.storage
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=storage.endpoint_url,
+            region_name=storage.region_name,
+            aws_access_key_id=storage.access_key,
+            aws_secret_access_key=storage.secret_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": storage.addressing_style or "auto"},
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": 1, "mode": "standard"},
+            ),
+        )
+        try:
+            client.head_bucket(Bucket=storage.bucket_name)
+        except Exception as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+
+def _is_s3_not_found(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def get_object_store() -> ObjectStore:
+    return ObjectStore(storages["objects"])
