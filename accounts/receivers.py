@@ -6,7 +6,12 @@ import time
 from typing import Any
 
 from allauth.account.signals import password_changed, password_reset
-from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
+from allauth.mfa.signals import (
+    authentication_failed,
+    authenticator_added,
+    authenticator_removed,
+    authenticator_reset,
+)
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 from django.http import HttpRequest
@@ -51,7 +56,9 @@ def _login_failed(
     # The attempted address is not written down: it may not belong to anyone here. The
     # account it names, when there is one, is what breach monitoring needs.
     email = str(credentials.get("email") or credentials.get("username") or "").lower()
-    user_id = User.objects.filter(email=email).values_list("pk", flat=True).first() if email else None
+    user_id = (
+        User.objects.filter(email=email).values_list("pk", flat=True).first() if email else None
+    )
     audit_record(
         action=Action.LOGIN_FAILED,
         outcome=Outcome.DENIED,
@@ -63,8 +70,25 @@ def _login_failed(
     )
 
 
+@receiver(authentication_failed)
+def _mfa_failed(
+    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
+) -> None:
+    audit_record(
+        action=Action.LOGIN_FAILED,
+        outcome=Outcome.DENIED,
+        request=request,
+        actor_kind=ActorKind.ANONYMOUS,
+        target_kind=TargetKind.USER,
+        target_id=user.pk,
+        detail={"known_account": True, "step": "mfa", "type": authenticator.type},
+    )
+
+
 @receiver(authenticator_added)
-def _mfa_added(sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any) -> None:
+def _mfa_added(
+    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
+) -> None:
     _record_for_user(Action.MFA_ADDED, request, user, detail={"type": authenticator.type})
 
 
@@ -76,7 +100,9 @@ def _mfa_removed(
 
 
 @receiver(authenticator_reset)
-def _mfa_reset(sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any) -> None:
+def _mfa_reset(
+    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
+) -> None:
     _record_for_user(Action.MFA_RECOVERY_CODES_RESET, request, user)
 
 

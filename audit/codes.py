@@ -73,6 +73,9 @@ class Action(models.TextChoices):
     API_TOKEN_CREATED = "api_token.created", "API token created"
     API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
     API_TOKEN_REJECTED = "api_token.rejected", "API token refused"
+    STAFF_ROLE_CHANGED = "staff.role_changed", "Staff member's role changed"
+    STAFF_INVITATION_REFUSED = "staff.invitation_refused", "Staff invitation link refused"
+    FACILITY_CHANGED = "facility.changed", "Facility settings changed"
     # The audit log itself (DCM 110113 Security Alert)
     AUDIT_CHAIN_VERIFIED = "audit.verified", "Audit log verified"
     AUDIT_CHAIN_BROKEN = "audit.broken", "Audit log found altered"
@@ -95,6 +98,9 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.API_TOKEN_CREATED: "110137",
     Action.API_TOKEN_REVOKED: "110137",
     Action.API_TOKEN_REJECTED: "110113",
+    Action.STAFF_ROLE_CHANGED: "110136",
+    Action.STAFF_INVITATION_REFUSED: "110113",
+    Action.FACILITY_CHANGED: "110113",
     Action.AUDIT_CHAIN_VERIFIED: "110113",
     Action.AUDIT_CHAIN_BROKEN: "110113",
 }

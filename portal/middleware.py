@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from allauth.mfa.utils import is_mfa_enabled
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
@@ -12,12 +13,11 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from allauth.mfa.utils import is_mfa_enabled
+from accounts.receivers import LOGIN_AT_SESSION_KEY as LOGIN_AT
 from audit.codes import Action, TargetKind
 from audit.services import audit_record
 from facilities.access import request_is_staff
 
-from accounts.receivers import LOGIN_AT_SESSION_KEY as LOGIN_AT
 SEEN_AT = "portal_seen_at"
 # How often the last-seen time is written; finer precision would save the session every request.
 SEEN_RESOLUTION_SECONDS = 30
@@ -103,4 +103,3 @@ class StaffMFARequiredMiddleware:
             )
             return redirect("mfa_activate_totp")
         return self.get_response(request)
-

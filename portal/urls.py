@@ -1,7 +1,14 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
 from portal import views
+
+# The admin signs people in through allauth, so platform admins get the same rate limits,
+# MFA and audit as everyone else instead of Django's bare admin form.
+admin.site.login = secure_admin_login(admin.site.login)  # type: ignore[method-assign]
+admin.site.site_header = "Imaging Consent Portal: platform admin"
+admin.site.site_title = "Platform admin"
 
 urlpatterns = [
     path("", include("portal.home_urls")),
