@@ -46,6 +46,11 @@ LIBRARY_POLICIES = {
     "mfa_view_recovery_codes": LOGIN,
     "mfa_generate_recovery_codes": LOGIN,
     "mfa_download_recovery_codes": LOGIN,
+    "mfa_list_webauthn": LOGIN,
+    "mfa_add_webauthn": LOGIN,
+    "mfa_reauthenticate_webauthn": LOGIN,
+    "mfa_remove_webauthn": LOGIN,
+    "mfa_edit_webauthn": LOGIN,
 }
 
 SAMPLE_VALUES = {

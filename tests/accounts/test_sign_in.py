@@ -107,3 +107,10 @@ def test_it_shows_a_plain_page_for_a_missing_mfa_step(client):
     response = client.get(reverse("mfa_authenticate"))
     assert response.status_code == 302
     assert response.url.startswith(LOGIN)
+
+
+def test_the_sign_in_page_offers_no_public_sign_up(client):
+    response = client.get(LOGIN)
+    assert response.status_code == 200
+    assert reverse("account_signup").encode() not in response.content
+    assert b"invited by their hospital" in response.content

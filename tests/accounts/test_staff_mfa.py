@@ -92,3 +92,15 @@ def test_patients_may_go_without_mfa(client, patient):
 def test_patients_do_not_reach_staff_pages(client, patient):
     client.force_login(patient)
     assert client.get(reverse("portal:staff-home")).status_code == 403
+
+
+def test_staff_may_choose_a_security_key_instead(client, new_staff):
+    """WebAuthn set-up is reachable before MFA, and its scripts come from our own origin,
+    so the strict Content-Security-Policy does not break it."""
+    sign_in(client, new_staff)
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    response = client.get(reverse("mfa_add_webauthn"))
+    assert response.status_code == 200
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert b'<script src="/static/mfa/js/webauthn' in response.content
+    assert b"<script>" not in response.content  # no inline script the policy would block
