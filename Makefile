@@ -11,11 +11,12 @@ EMBEDDED := DJANGO_DEBUG=true
 TYPED_MODULES := $(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py) \
 	portal/env.py sharing/store.py audit/chain.py
 
-.PHONY: help install run demo test pytest lint format typecheck migrations-check collectstatic clean
+.PHONY: help install run test lint format typecheck migrations-check clean
 
 help:
 	@echo "make run               serve the site at http://$(HOST):$(PORT) with demo data (no set-up)"
 	@echo "make test              lint, type-check and run every test against the real stack"
+	@echo "make stack-up          start the real stack and write var/stack.env (make stack-down stops it)"
 	@echo "make lint | format | typecheck | migrations-check"
 
 $(BIN)/.installed: pyproject.toml
@@ -44,7 +45,24 @@ typecheck: install
 	$(EMBEDDED) $(BIN)/mypy $(TYPED_MODULES)
 
 migrations-check: install
-	$(EMBEDDED) PORTAL_VAR_DIR=$$(mktemp -d) $(BIN)/python manage.py makemigrations --check --dry-run
+	var_dir=$$(mktemp -d) && trap 'rm -rf "$$var_dir"' EXIT && \
+	$(EMBEDDED) DATABASE_URL= PORTAL_VAR_DIR=$$var_dir $(BIN)/python manage.py makemigrations --check --dry-run
+
+# Every test runs against the real services (PostgreSQL, Redis, SeaweedFS S3, an SMTP sink) that
+# scripts/stack.py provides; `make test PYTEST_ARGS=tests/sharing` runs a part of the suite.
+test: install lint typecheck migrations-check
+	$(BIN)/python scripts/stack.py run -- bash -c \
+		'$(BIN)/python manage.py collectstatic --no-input -v0 && $(BIN)/pytest $(PYTEST_ARGS)'
+
+# The same services left running: `make stack-up`, then `source var/stack.env` and run
+# `$(BIN)/pytest tests/...` as often as you like; `make stack-down` when done.
+.PHONY: stack-up stack-down
+stack-up: install
+	$(BIN)/python scripts/stack.py up
+	source var/stack.env && $(BIN)/python manage.py collectstatic --no-input -v0
+
+stack-down:
+	$(BIN)/python scripts/stack.py down
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

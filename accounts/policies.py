@@ -32,6 +32,6 @@ def policy(kind: str) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         wrapped: Any = login_required(view) if kind in (LOGIN, ROLE) else view
         wrapped.access_policy = kind
-        return wrapped  # type: ignore[no-any-return]
+        return wrapped
 
     return decorate

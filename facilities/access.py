@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpRequest
+from django.utils import timezone
 
 from accounts.models import User
-from facilities.models import Facility, Membership, Role
+from facilities.models import APIToken, Facility, Membership, Role, StaffInvitation
+
+API_TOKEN_PREFIX = "icp_"  # noqa: S105 (the public prefix of every token, not a secret)
+# `icp_` + secrets.token_hex(6) + `_` + secrets.token_urlsafe(32): 4 + 12 + 1 + 43 characters.
+API_TOKEN_LENGTH = 60
+_API_TOKEN_PATTERN = re.compile(r"icp_(?P<public_id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})")
+# secrets.token_urlsafe(32) is always 43 characters of the URL-safe base64 alphabet.
+_INVITATION_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+# Writing last_used_at on every DICOMweb request would turn each read into a write.
+API_TOKEN_LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def is_facility_staff(user: User) -> bool:
@@ -46,4 +61,71 @@ def get_membership_for_user(
 def get_facility_for_user(
     user: User, facility_id: int, *, roles: Iterable[str] = tuple(Role.values)
 ) -> Facility:
+    """A facility the user may act for in one of `roles`.
+
+    Platform admins act as facility admin of every facility: someone has to invite a new
+    facility's first admin. They hold no other role, so they see no patient's data this way.
+    """
+    if user.is_superuser and Role.FACILITY_ADMIN in set(roles):
+        facility = Facility.objects.filter(pk=facility_id).first()
+        if facility is None:
+            raise Http404("No such facility")
+        return facility
     return get_membership_for_user(user, facility_id, roles=roles).facility
+
+
+def secret_digest(secret: str) -> str:
+    """SHA-256 hex of a random secret: what the database keeps instead of the secret.
+
+    The secrets carry 256 bits of randomness, so a slow password hash would add nothing.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def staff_invitation_for_token(token: str) -> StaffInvitation | None:
+    """The invitation an e-mailed token names, in whatever state it is, or None.
+
+    Input that cannot be a token is refused before the database is asked. The lookup is by
+    the token's hash, so the comparison never sees the token itself.
+    """
+    if not isinstance(token, str) or not _INVITATION_TOKEN_PATTERN.fullmatch(token):
+        return None
+    return (
+        StaffInvitation.objects.select_related("facility")
+        .filter(token_hash=secret_digest(token))
+        .first()
+    )
+
+
+def api_token_authenticate(raw: str, *, now: datetime | None = None) -> APIToken | None:
+    """The active facility API token that `raw` is, or None. It does not audit.
+
+    `raw` is `icp_<public_id>_<secret>`. Anything else (wrong prefix, wrong length, characters
+    outside the alphabet) is refused by its shape, without a query; overlong input is refused
+    before the pattern even runs. The row is found by its public id and the secret checked
+    by a constant-time comparison of hashes, so timing does not reveal how much of a guessed
+    secret was right. Revoked and expired tokens are refused. `last_used_at` is written at most
+    once per API_TOKEN_LAST_USED_RESOLUTION, by a conditional update so concurrent requests do
+    not all write.
+    """
+    if not isinstance(raw, str) or len(raw) != API_TOKEN_LENGTH:
+        return None
+    if not raw.startswith(API_TOKEN_PREFIX):
+        return None
+    match = _API_TOKEN_PATTERN.fullmatch(raw)
+    if match is None:
+        return None
+    token = APIToken.objects.select_related("facility").filter(public_id=match["public_id"]).first()
+    presented_hash = secret_digest(match["secret"])
+    if token is None or not hmac.compare_digest(token.secret_hash, presented_hash):
+        return None
+    now = now or timezone.now()
+    if not token.is_active_at(now):
+        return None
+    stale_before = now - API_TOKEN_LAST_USED_RESOLUTION
+    if token.last_used_at is None or token.last_used_at <= stale_before:
+        APIToken.objects.filter(pk=token.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale_before)
+        ).update(last_used_at=now)
+        token.last_used_at = now
+    return token

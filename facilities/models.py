@@ -34,7 +34,9 @@ class Facility(models.Model):
     default_issuer_of_patient_id = models.CharField(
         max_length=64,
         blank=True,
-        help_text="IssuerOfPatientID assumed for this facility's PatientIDs when a study names none.",
+        help_text=(
+            "IssuerOfPatientID assumed for this facility's PatientIDs when a study names none."
+        ),
     )
     contact_email = models.EmailField(blank=True)
     retention_months = models.PositiveSmallIntegerField(
@@ -90,7 +92,9 @@ class Membership(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["user", "facility"], name="membership_one_per_facility"),
+            models.UniqueConstraint(
+                fields=["user", "facility"], name="membership_one_per_facility"
+            ),
         ]
         ordering = ("facility__name",)
 
@@ -126,6 +130,14 @@ class StaffInvitation(models.Model):
     def is_pending_at(self, when: datetime) -> bool:
         return self.accepted_at is None and self.revoked_at is None and when < self.expires_at
 
+    def state_at(self, when: datetime) -> str:
+        """One word for lists and audit: pending, expired, accepted or revoked."""
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "pending" if when < self.expires_at else "expired"
+
 
 class APIToken(models.Model):
     """A facility system's credential for DICOMweb and DIMSE.
@@ -160,10 +172,27 @@ class APIToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.facility})"
 
+    # The scopes a token can carry (each is a can_<scope> flag), and what each lets it do.
+    SCOPES: dict[str, str] = {
+        "search": "Search studies (QIDO-RS)",
+        "retrieve": "Retrieve images and metadata (WADO-RS)",
+        "store": "Send studies in (STOW-RS, C-STORE)",
+    }
+
     def is_active_at(self, when: datetime) -> bool:
         return self.revoked_at is None and when < self.expires_at
 
+    def state_at(self, when: datetime) -> str:
+        """One word for lists: active, expired or revoked."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if when < self.expires_at else "expired"
+
     @property
     def scopes(self) -> list[str]:
-        flags = (("search", self.can_search), ("retrieve", self.can_retrieve), ("store", self.can_store))
+        flags = (
+            ("search", self.can_search),
+            ("retrieve", self.can_retrieve),
+            ("store", self.can_store),
+        )
         return [name for name, granted in flags if granted]

@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from facilities.models import Membership, StaffInvitation
+from facilities.models import APIToken, Facility, Membership, StaffInvitation
 
 # The invitation a visitor opened; it is what lets them sign up (portal.adapters).
 INVITATION_SESSION_KEY = "facilities_invitation_id"
@@ -23,4 +23,28 @@ def staff_invitation_in_session(session: SessionBase) -> StaffInvitation | None:
 
 
 def memberships_for_user(user: User) -> QuerySet[Membership]:
-    return Membership.objects.filter(user=user).select_related("facility").order_by("facility__name")
+    return (
+        Membership.objects.filter(user=user).select_related("facility").order_by("facility__name")
+    )
+
+
+def members_of_facility(facility: Facility) -> QuerySet[Membership]:
+    """Everyone with a role at the facility, by e-mail address."""
+    return (
+        Membership.objects.filter(facility=facility).select_related("user").order_by("user__email")
+    )
+
+
+def staff_invitations_open_for_facility(facility: Facility) -> QuerySet[StaffInvitation]:
+    """Invitations neither accepted nor withdrawn: pending ones, and expired ones to tidy up."""
+    return StaffInvitation.objects.filter(
+        facility=facility, accepted_at__isnull=True, revoked_at__isnull=True
+    ).order_by("-created_at")
+
+
+def api_tokens_for_facility(facility: Facility) -> QuerySet[APIToken]:
+    return (
+        APIToken.objects.filter(facility=facility)
+        .select_related("created_by")
+        .order_by("-created_at")
+    )

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET
 
 from accounts.policies import LOGIN, PUBLIC, ROLE, policy
 from facilities.access import request_is_staff
+from facilities.models import Facility
 from facilities.selectors import memberships_for_user
 from sharing.store import get_object_store
 
@@ -45,7 +46,13 @@ def staff_home(request: HttpRequest) -> HttpResponse:
     if not request_is_staff(request):
         raise PermissionDenied("This page is for facility staff.")
     memberships = memberships_for_user(request.user)  # type: ignore[arg-type]
-    return render(request, "portal/staff_home.html", {"memberships": memberships})
+    # Platform admins manage the staff of every facility, first admins included.
+    all_facilities = Facility.objects.order_by("name") if request.user.is_superuser else None
+    return render(
+        request,
+        "portal/staff_home.html",
+        {"memberships": memberships, "all_facilities": all_facilities},
+    )
 
 
 # --- Health ---------------------------------------------------------------------------------

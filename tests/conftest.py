@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from mailbox import Maildir
+
 import pytest
 from django.core.cache import cache
 
 from accounts.models import User
 from facilities.models import Facility, Role
+from portal.env import email_settings
 from tests.factories import FacilityFactory, UserFactory, make_staff
 
 
@@ -62,3 +67,50 @@ def clinician(receiver) -> User:
 def stranger(elsewhere) -> User:
     """Staff of an unrelated facility: signed in, MFA on, and no business with ours."""
     return make_staff(elsewhere, Role.FACILITY_ADMIN, email="someone@hilltop.example.org")
+
+
+# --- The real services `make test` runs against (scripts/stack.py) -------------------------------
+
+
+class StackEnvironment:
+    """The variables scripts/stack.py exports. A missing one fails the test, never skips it:
+    a test that matters for production must not pass quietly without the real service."""
+
+    def __getitem__(self, name: str) -> str:
+        value = os.environ.get(name)
+        if not value:
+            pytest.fail(
+                f"{name} is not set: this test needs the real stack. Run `make test`, or "
+                "`make stack-up` then `source var/stack.env` before pytest.",
+                pytrace=False,
+            )
+        return value
+
+
+@pytest.fixture
+def stack_env() -> StackEnvironment:
+    return StackEnvironment()
+
+
+@pytest.fixture
+def mailbox(stack_env: StackEnvironment, settings) -> Maildir:
+    """The SMTP sink's Maildir, emptied first; e-mail sent in the test goes out over SMTP.
+
+    pytest-django puts the in-memory backend in place for every test; this puts back the
+    backend that EMAIL_URL configures, so messages really cross the wire to the sink.
+    """
+    backend = email_settings(stack_env["EMAIL_URL"])["EMAIL_BACKEND"]
+    if backend != "django.core.mail.backends.smtp.EmailBackend":
+        pytest.fail(f"EMAIL_URL must name the SMTP sink, not {backend}", pytrace=False)
+    settings.EMAIL_BACKEND = backend
+    sink = Maildir(stack_env["SMTP_SINK_MAILDIR"], create=False)
+    sink.clear()
+    return sink
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
