@@ -11,7 +11,7 @@ EMBEDDED := DJANGO_DEBUG=true
 TYPED_MODULES := $(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py) \
 	portal/env.py sharing/store.py audit/chain.py
 
-.PHONY: help install run test lint format typecheck migrations-check clean
+.PHONY: help install run test browser lint format typecheck migrations-check clean
 
 help:
 	@echo "make run               serve the site at http://$(HOST):$(PORT) with demo data (no set-up)"
@@ -50,9 +50,16 @@ migrations-check: install
 
 # Every test runs against the real services (PostgreSQL, Redis, SeaweedFS S3, an SMTP sink) that
 # scripts/stack.py provides; `make test PYTEST_ARGS=tests/sharing` runs a part of the suite.
-test: install lint typecheck migrations-check
+test: install lint typecheck migrations-check browser
 	$(BIN)/python scripts/stack.py run -- bash -c \
 		'$(BIN)/python manage.py collectstatic --no-input -v0 && $(BIN)/pytest $(PYTEST_ARGS)'
+
+# Browser tests drive Debian's chromium; install it where it is missing (CI machines run as root).
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "Browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi
 
 # The same services left running: `make stack-up`, then `source var/stack.env` and run
 # `$(BIN)/pytest tests/...` as often as you like; `make stack-down` when done.

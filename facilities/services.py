@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -34,6 +35,13 @@ logger = logging.getLogger(__name__)
 API_TOKEN_MIN_DAYS = 1
 API_TOKEN_MAX_DAYS = 365
 API_TOKEN_NAME_MAX_LENGTH = APIToken._meta.get_field("name").max_length or 100
+
+
+def _audit_by(actor: User, *, action: str, request: HttpRequest | None, **fields: Any) -> None:
+    """Audit a change a signed-in person made to a facility's staff or tokens."""
+    audit_record(
+        action=action, request=request, actor_kind=ActorKind.USER, actor_id=actor.pk, **fields
+    )
 
 
 def _require_facility_admin(actor: User, facility_id: int) -> None:
@@ -112,11 +120,10 @@ def staff_invitation_create(
         invited_by=actor,
         expires_at=now + settings.PORTAL_STAFF_INVITATION_LIFETIME,
     )
-    audit_record(
+    _audit_by(
+        actor,
         action=Action.STAFF_INVITED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=actor.pk,
         facility_id=facility.pk,
         target_kind=TargetKind.INVITATION,
         target_id=invitation.pk,
@@ -169,11 +176,10 @@ def staff_invitation_revoke(
         return locked
     locked.revoked_at = timezone.now()
     locked.save(update_fields=["revoked_at"])
-    audit_record(
+    _audit_by(
+        actor,
         action=Action.STAFF_INVITATION_REVOKED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=actor.pk,
         facility_id=locked.facility_id,
         target_kind=TargetKind.INVITATION,
         target_id=locked.pk,
@@ -210,11 +216,10 @@ def staff_invitation_accept(
     locked.accepted_at = now
     locked.accepted_by = user
     locked.save(update_fields=["accepted_at", "accepted_by"])
-    audit_record(
+    _audit_by(
+        user,
         action=Action.STAFF_JOINED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=user.pk,
         facility_id=facility.pk,
         target_kind=TargetKind.MEMBERSHIP,
         target_id=membership.pk,
@@ -250,11 +255,10 @@ def membership_remove(
             )
     membership_id, removed_user_id, role = locked.pk, locked.user_id, locked.role
     locked.delete()
-    audit_record(
+    _audit_by(
+        actor,
         action=Action.STAFF_REMOVED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=actor.pk,
         facility_id=facility.pk,
         target_kind=TargetKind.MEMBERSHIP,
         target_id=membership_id,
@@ -326,11 +330,10 @@ def api_token_create(
         created_by=actor,
         expires_at=timezone.now() + timedelta(days=expires_in_days),
     )
-    audit_record(
+    _audit_by(
+        actor,
         action=Action.API_TOKEN_CREATED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=actor.pk,
         facility_id=facility.pk,
         target_kind=TargetKind.API_TOKEN,
         target_id=token.pk,
@@ -355,11 +358,10 @@ def api_token_revoke(
         return locked
     locked.revoked_at = timezone.now()
     locked.save(update_fields=["revoked_at"])
-    audit_record(
+    _audit_by(
+        actor,
         action=Action.API_TOKEN_REVOKED,
         request=request,
-        actor_kind=ActorKind.USER,
-        actor_id=actor.pk,
         facility_id=locked.facility_id,
         target_kind=TargetKind.API_TOKEN,
         target_id=locked.pk,
