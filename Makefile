@@ -9,7 +9,7 @@ PORT ?= 8000
 EMBEDDED := DJANGO_DEBUG=true
 # mypy with django-stubs on the modules CONVENTIONS.md names, and the other security code.
 TYPED_MODULES := $(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py) \
-	portal/env.py sharing/store.py audit/chain.py
+	portal/env.py sharing/store.py audit/chain.py accounts/sealing.py
 
 .PHONY: help install run test browser lint format typecheck migrations-check clean
 

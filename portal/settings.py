@@ -42,6 +42,9 @@ def _required_secret(name: str, *, min_length: int) -> str:
 
 
 SECRET_KEY = _required_secret("DJANGO_SECRET_KEY", min_length=50)
+# Former keys, comma-separated, while a rotation settles: sessions, links and sealed MFA keys
+# made under them still open.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
