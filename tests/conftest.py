@@ -12,7 +12,7 @@ from django.core.cache import cache
 from accounts.models import User
 from facilities.models import Facility, Role
 from portal.env import email_settings
-from tests.factories import FacilityFactory, UserFactory, make_staff
+from tests.factories import FacilityFactory, UserFactory, enable_totp, make_staff
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +61,14 @@ def facility_admin(origin) -> User:
 @pytest.fixture
 def clinician(receiver) -> User:
     return make_staff(receiver, Role.CLINICIAN, email="doc@lakeside.example.org")
+
+
+@pytest.fixture
+def platform_admin(db) -> User:
+    """Runs the platform (Django admin, every facility's staff); MFA on, as it must be."""
+    user = UserFactory(email="root@portal.example.org", is_staff=True, is_superuser=True)
+    enable_totp(user)
+    return user
 
 
 @pytest.fixture

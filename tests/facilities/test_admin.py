@@ -1,23 +1,13 @@
 from __future__ import annotations
 
 import pytest
-from allauth.account.models import EmailAddress
 from django.urls import reverse
 
-from accounts.models import User
 from audit.codes import Action, PurposeOfUse, TargetKind
 from audit.models import AuditEvent
 from facilities.models import AETitle, Facility, Membership, Role
 from facilities.services import api_token_create, staff_invitation_create
-from tests.factories import UserFactory, enable_totp
-
-
-@pytest.fixture
-def platform_admin(db) -> User:
-    user = User.objects.create_superuser("root@portal.example.org", "a long platform password")
-    EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
-    enable_totp(user)
-    return user
+from tests.factories import UserFactory
 
 
 @pytest.fixture

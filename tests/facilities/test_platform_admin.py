@@ -6,16 +6,9 @@ import pytest
 from django.urls import reverse
 
 from facilities.models import Role, StaffInvitation
-from tests.factories import FacilityFactory, UserFactory, enable_totp
+from tests.factories import PASSWORD, FacilityFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def platform_admin():
-    user = UserFactory(email="root@example.org", is_staff=True, is_superuser=True)
-    enable_totp(user)
-    return user
 
 
 def test_platform_admins_see_every_facility_on_the_staff_home(client, platform_admin, origin):
@@ -30,7 +23,7 @@ def test_a_platform_admin_invites_the_first_admin_of_a_new_facility(client, plat
     client.force_login(platform_admin)
     staff_url = reverse("facilities:staff", args=[facility.pk])
     assert client.get(staff_url).status_code == 200
-    client.post(reverse("account_reauthenticate"), {"password": "correct horse battery staple"})
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
     response = client.post(
         staff_url, {"email": "chief@newclinic.example.org", "role": Role.FACILITY_ADMIN}
     )
