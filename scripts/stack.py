@@ -321,8 +321,21 @@ class Stack:
                 start_new_session=True,
             )
         self.children[process.pid] = process
-        self.processes.append({"pid": process.pid, "cmdline": " ".join(command)})
+        self.processes.append({"pid": process.pid, "cmdline": " ".join(command), "log": str(log)})
         return process
+
+    def report_exits(self) -> bool:
+        """Say which service died while the command ran (its tests then fail for that reason)."""
+        died = False
+        for entry in self.processes:
+            child = self.children.get(entry["pid"])
+            if child is not None and child.poll() is not None:
+                died = True
+                say(
+                    f"{entry['cmdline'].split()[0]} (pid {child.pid}) exited with status "
+                    f"{child.returncode} while the command ran:\n{tail(Path(entry['log']), 40)}"
+                )
+        return died
 
     def seaweedfs_port(self) -> int:
         """A random free port whose gRPC twin (port + 10000) is free too."""
@@ -364,17 +377,22 @@ class Stack:
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
 
-        master, volume, filer, s3_port, admin_grpc = (self.seaweedfs_port() for _ in range(5))
+        master, volume, filer, s3_port, admin = (self.seaweedfs_port() for _ in range(5))
         endpoint = f"http://{LOOPBACK}:{s3_port}"
         log = folder / "weed.log"
         # -logdir is a global flag: it goes before `mini`.
+        # The admin server cannot be switched off, only its UI: `mini` waits for it to answer
+        # on its port and exits (status 255) a minute later if it does not, so it gets a real
+        # loopback port like the rest.
         fixed = (
-            "-master.telemetry=false -webdav=false -admin.ui=false -admin.port=0"
+            "-master.telemetry=false -webdav=false -admin.ui=false"
             " -s3.port.iceberg=0 -s3.port.lance=0"
         )
         command = [weed, f"-logdir={folder / 'log'}", "mini", f"-dir={folder / 'data'}"]
         command += [*fixed.split(), f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}"]
-        command += [f"-s3.config={config}", f"-admin.port.grpc={admin_grpc}"]
+        command += [f"-s3.config={config}", f"-admin.port={admin}"]
+        command += [f"-admin.port.grpc={admin + SEAWEEDFS_GRPC_OFFSET}"]
+        command += [f"-admin.dataDir={folder / 'admin'}"]
         command += [f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}"]
         command += [f"-s3.port={s3_port}"]
         process = self.spawn(
@@ -555,6 +573,8 @@ def run(command: list[str]) -> int:
             say(f"cannot run {command[0]}: {exc.strerror}")
             return 127
         returncode = child.wait()
+        if stack.report_exits() and returncode == 0:
+            returncode = EXIT_STACK_FAILED
         return returncode if returncode >= 0 else 128 - returncode
     except StackError as exc:
         say(str(exc))
