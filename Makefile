@@ -8,15 +8,17 @@ PORT ?= 8000
 # The embedded default: SQLite, local encrypted objects, tasks in-process, e-mail to the console.
 EMBEDDED := DJANGO_DEBUG=true
 # mypy with django-stubs on the modules CONVENTIONS.md names, and the other security code.
-TYPED_MODULES := $(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py) \
-	portal/env.py sharing/store.py audit/chain.py accounts/sealing.py
+TYPED_MODULES := $(filter-out bench/%,$(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py)) \
+	portal/env.py sharing/store.py audit/chain.py accounts/sealing.py studies/spool.py \
+	studies/scp.py studies/dicomweb.py studies/media.py
 
-.PHONY: help install run test browser lint format typecheck migrations-check clean
+.PHONY: help install run test system-packages lint format typecheck migrations-check clean
 
 help:
 	@echo "make run               serve the site at http://$(HOST):$(PORT) with demo data (no set-up)"
 	@echo "make test              lint, type-check and run every test against the real stack"
 	@echo "make stack-up          start the real stack and write var/stack.env (make stack-down stops it)"
+	@echo "make bench-ingest      ingest speed against Orthanc (bench/README.md); make bench-crypto"
 	@echo "make lint | format | typecheck | migrations-check"
 
 $(BIN)/.installed: pyproject.toml
@@ -50,19 +52,32 @@ migrations-check: install
 
 # Every test runs against the real services (PostgreSQL, Redis, SeaweedFS S3, an SMTP sink) that
 # scripts/stack.py provides; `make test PYTEST_ARGS=tests/sharing` runs a part of the suite.
-test: install lint typecheck migrations-check browser
+test: install lint typecheck migrations-check system-packages
 	$(BIN)/python scripts/stack.py run -- bash -c \
 		'$(BIN)/python manage.py collectstatic --no-input -v0 && $(BIN)/pytest $(PYTEST_ARGS)'
 
-# Browser tests drive Debian's chromium; install it where it is missing (CI machines run as root).
-CHROMIUM := /usr/bin/chromium
-browser: $(CHROMIUM)
-$(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else echo "Browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi
+# Tests drive real peers from Debian: chromium (browser tests), dcmtk's storescu and dcmsend, and
+# Orthanc with its DICOMweb plugin (interoperability). Install what is missing (CI runs as root).
+SYSTEM_PACKAGES := chromium dcmtk orthanc orthanc-dicomweb
+SYSTEM_PROGRAMS := /usr/bin/chromium /usr/bin/storescu /usr/bin/dcmsend /usr/sbin/Orthanc \
+	/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+system-packages:
+	@missing=$$(for f in $(SYSTEM_PROGRAMS); do test -e $$f || echo $$f; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "Tests need Debian's $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi
 
 # The same services left running: `make stack-up`, then `source var/stack.env` and run
 # `$(BIN)/pytest tests/...` as often as you like; `make stack-down` when done.
+# Benchmarks (bench/README.md): against Orthanc, on the real stack; never part of `make test`.
+.PHONY: bench-ingest bench-crypto
+bench-ingest: install system-packages
+	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.ingest
+
+bench-crypto: install
+	$(BIN)/python bench/crypto.py
+
 .PHONY: stack-up stack-down
 stack-up: install
 	$(BIN)/python scripts/stack.py up

@@ -76,6 +76,17 @@ class Action(models.TextChoices):
     STAFF_ROLE_CHANGED = "staff.role_changed", "Staff member's role changed"
     STAFF_INVITATION_REFUSED = "staff.invitation_refused", "Staff invitation link refused"
     FACILITY_CHANGED = "facility.changed", "Facility settings changed"
+    # Ingest (DCM 110104 DICOM Instances Transferred, 110106 Export/110107 Import)
+    IMAGES_RECEIVED = "study.images_received", "Images received"
+    INSTANCE_REFUSED = "instance.refused", "Image refused"
+    INSTANCE_CONFLICT = "instance.conflict", "Image refused: differs from the one already held"
+    DICOM_ASSOCIATION_REFUSED = "dicom.association_refused", "DICOM connection refused"
+    # Matching studies to patients (DCM 110110 Patient Record)
+    PATIENT_CREATED = "patient.created", "Patient record created"
+    STUDY_QUEUED_FOR_RECONCILIATION = "study.queued", "Study set aside for a person to match"
+    STUDY_ATTACHED = "study.attached", "Study attached to a patient"
+    STUDY_SPLIT = "study.split", "Study split off to a new patient record"
+    STUDY_HELD = "study.held", "Study marked as not this patient"
     # The audit log itself (DCM 110113 Security Alert)
     AUDIT_CHAIN_VERIFIED = "audit.verified", "Audit log verified"
     AUDIT_CHAIN_BROKEN = "audit.broken", "Audit log found altered"
@@ -101,6 +112,15 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.STAFF_ROLE_CHANGED: "110136",
     Action.STAFF_INVITATION_REFUSED: "110113",
     Action.FACILITY_CHANGED: "110113",
+    Action.IMAGES_RECEIVED: "110104",
+    Action.INSTANCE_REFUSED: "110104",
+    Action.INSTANCE_CONFLICT: "110104",
+    Action.DICOM_ASSOCIATION_REFUSED: "110113",
+    Action.PATIENT_CREATED: "110110",
+    Action.STUDY_QUEUED_FOR_RECONCILIATION: "110110",
+    Action.STUDY_ATTACHED: "110110",
+    Action.STUDY_SPLIT: "110110",
+    Action.STUDY_HELD: "110110",
     Action.AUDIT_CHAIN_VERIFIED: "110113",
     Action.AUDIT_CHAIN_BROKEN: "110113",
 }

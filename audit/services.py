@@ -40,6 +40,7 @@ def audit_record(
     action: str,
     outcome: str = Outcome.ALLOWED,
     request: HttpRequest | None = None,
+    address: str | None = None,
     actor_kind: str | None = None,
     actor_id: str | int = "",
     facility_id: int | None = None,
@@ -52,11 +53,12 @@ def audit_record(
 ) -> AuditEvent:
     """Append one event to the audit log and return it.
 
-    The actor defaults to the request's signed-in user (or `anonymous`); services acting for
-    API tokens, share links or DICOM nodes say so with `actor_kind`/`actor_id`. `detail` holds
-    plain values only and must never carry PHI (names, MRNs, UIDs): ids point at the rows
-    that hold those. The append takes the chain lock until the surrounding transaction ends,
-    so the chain has one order even with many web and worker processes.
+        The actor defaults to the request's signed-in user (or `anonymous`); services acting for
+        API tokens, share links or DICOM nodes say so with `actor_kind`/`actor_id`, and callers that
+    are not HTTP (a DICOM association) give the peer's `address`. `detail` holds
+        plain values only and must never carry PHI (names, MRNs, UIDs): ids point at the rows
+        that hold those. The append takes the chain lock until the surrounding transaction ends,
+        so the chain has one order even with many web and worker processes.
     """
     if action not in Action.values:
         raise ValueError(f"unknown audit action {action!r}")
@@ -87,10 +89,15 @@ def audit_record(
         "patient_id": patient_id,
         "study_id": study_id,
         "purpose": purpose,
-        "client_address": client_address(request) if request is not None else None,
+        "client_address": address
+        if address is not None
+        else (client_address(request) if request is not None else None),
         "detail": detail,
     }
-    with transaction.atomic():
+    # Inside a caller's transaction no savepoint is needed: if the append fails, the caller's
+    # change must not commit without its audit row either. That also spares two round trips
+    # on every audited ingest.
+    with transaction.atomic(savepoint=False):
         _lock_chain()
         last = AuditEvent.objects.order_by("-sequence").values_list("sequence", "row_hash").first()
         sequence, previous_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)

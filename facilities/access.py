@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
@@ -97,35 +98,58 @@ def staff_invitation_for_token(token: str) -> StaffInvitation | None:
     )
 
 
-def api_token_authenticate(raw: str, *, now: datetime | None = None) -> APIToken | None:
-    """The active facility API token that `raw` is, or None. It does not audit.
+@dataclass(frozen=True)
+class APITokenCheck:
+    """What a presented API token is: the active token, or why it was refused.
 
-    `raw` is `icp_<public_id>_<secret>`. Anything else (wrong prefix, wrong length, characters
-    outside the alphabet) is refused by its shape, without a query; overlong input is refused
-    before the pattern even runs. The row is found by its public id and the secret checked
-    by a constant-time comparison of hashes, so timing does not reveal how much of a guessed
-    secret was right. Revoked and expired tokens are refused. `last_used_at` is written at most
-    once per API_TOKEN_LAST_USED_RESOLUTION, by a conditional update so concurrent requests do
-    not all write.
+    `refusal` is "" when `token` may act, else one of malformed, unknown, wrong_secret, expired
+    or revoked. `token` is the row its public id names, whenever there is one, so that the
+    refusal's audit row can name the facility whose system still uses a bad token; only with
+    an empty refusal may it act.
+    """
+
+    token: APIToken | None
+    refusal: str
+
+    @property
+    def active_token(self) -> APIToken | None:
+        return self.token if not self.refusal else None
+
+
+def api_token_check(raw: str, *, now: datetime | None = None) -> APITokenCheck:
+    """Check a presented token, `icp_<public_id>_<secret>`. It does not audit.
+
+    Anything of the wrong shape (prefix, length, alphabet) is refused by its shape, without a
+    query; overlong input is refused before the pattern even runs. The row is found by its
+    public id and the secret checked by a constant-time comparison of hashes, so timing does
+    not reveal how much of a guessed secret was right. Revoked and expired tokens are refused.
+    `last_used_at` is written at most once per API_TOKEN_LAST_USED_RESOLUTION, by a
+    conditional update so concurrent requests do not all write.
     """
     if not isinstance(raw, str) or len(raw) != API_TOKEN_LENGTH:
-        return None
+        return APITokenCheck(None, "malformed")
     if not raw.startswith(API_TOKEN_PREFIX):
-        return None
+        return APITokenCheck(None, "malformed")
     match = _API_TOKEN_PATTERN.fullmatch(raw)
     if match is None:
-        return None
+        return APITokenCheck(None, "malformed")
     token = APIToken.objects.select_related("facility").filter(public_id=match["public_id"]).first()
-    presented_hash = secret_digest(match["secret"])
-    if token is None or not hmac.compare_digest(token.secret_hash, presented_hash):
-        return None
+    if token is None:
+        return APITokenCheck(None, "unknown")
+    if not hmac.compare_digest(token.secret_hash, secret_digest(match["secret"])):
+        return APITokenCheck(token, "wrong_secret")
     now = now or timezone.now()
     if not token.is_active_at(now):
-        return None
+        return APITokenCheck(token, token.state_at(now))
     stale_before = now - API_TOKEN_LAST_USED_RESOLUTION
     if token.last_used_at is None or token.last_used_at <= stale_before:
         APIToken.objects.filter(pk=token.pk).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale_before)
         ).update(last_used_at=now)
         token.last_used_at = now
-    return token
+    return APITokenCheck(token, "")
+
+
+def api_token_authenticate(raw: str, *, now: datetime | None = None) -> APIToken | None:
+    """The active facility API token that `raw` is, or None (see `api_token_check`)."""
+    return api_token_check(raw, now=now).active_token

@@ -283,6 +283,29 @@ STORAGES = {
     "objects": OBJECT_STORE,
 }
 
+# --- Ingest ------------------------------------------------------------------------------------
+# The spool holds received instances, in plaintext, until they are published encrypted. It is
+# local to the node that received them: keep it on an encrypted volume, readable by the portal
+# only.
+INGEST_SPOOL_DIR = Path(env_str("INGEST_SPOOL_DIR", str(VAR_DIR / "spool")))
+# fsync each received file before the sender is told it is stored; turn off only for benchmarks
+# on throwaway data.
+INGEST_SPOOL_FSYNC = env_bool("INGEST_SPOOL_FSYNC", True)
+INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 2 * 1024**3)
+INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
+# Archives (uploaded zips, bulk import): total uncompressed size and compression ratio bounds.
+INGEST_MAX_ARCHIVE_BYTES = env_int("INGEST_MAX_ARCHIVE_BYTES", 20 * 1024**3)
+INGEST_MAX_ARCHIVE_RATIO = env_int("INGEST_MAX_ARCHIVE_RATIO", 100)
+INGEST_MAX_ARCHIVE_MEMBERS = env_int("INGEST_MAX_ARCHIVE_MEMBERS", 100_000)
+# How long a spool file may sit without its index row before the sweeper removes it: longer
+# than any single transaction could take.
+INGEST_SPOOL_ORPHAN_AFTER_SECONDS = env_int("INGEST_SPOOL_ORPHAN_AFTER_SECONDS", 3600)
+# The DIMSE receiver (manage.py dicom_listener).
+DICOM_LISTENER_AE_TITLE = env_str("DICOM_LISTENER_AE_TITLE", "IMAGING_PORTAL")
+DICOM_LISTENER_HOST = env_str("DICOM_LISTENER_HOST", "127.0.0.1")
+DICOM_LISTENER_PORT = env_int("DICOM_LISTENER_PORT", 11112)
+DICOM_LISTENER_MAX_ASSOCIATIONS = env_int("DICOM_LISTENER_MAX_ASSOCIATIONS", 10)
+
 # --- Celery ------------------------------------------------------------------------------------
 # Without REDIS_URL tasks run in-process (embedded default); with it, separate workers and beat.
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -310,6 +333,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_TASK_TIME_LIMIT must be below CELERY_VISIBILITY_TIMEOUT")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    "spool-sweep": {"task": "studies.spool_sweep", "schedule": timedelta(minutes=15)},
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- E-mail -----------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ urlpatterns = [
     path("healthz", views.health, name="health"),
     path("accounts/", include("allauth.urls")),
     path("facilities/", include("facilities.urls")),
+    path("studies/", include("studies.urls")),
+    path("dicomweb/", include("studies.dicomweb_urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -20,6 +20,8 @@ from facilities.access import request_is_staff
 from facilities.models import Facility
 from facilities.selectors import memberships_for_user
 from sharing.store import get_object_store
+from studies.access import reconciling_facilities
+from studies.selectors import studies_waiting_for_a_person
 
 HEALTH_DEADLINE_SECONDS = 1.5
 
@@ -48,10 +50,13 @@ def staff_home(request: HttpRequest) -> HttpResponse:
     memberships = memberships_for_user(request.user)  # type: ignore[arg-type]
     # Platform admins manage the staff of every facility, first admins included.
     all_facilities = Facility.objects.order_by("name") if request.user.is_superuser else None
+    waiting = studies_waiting_for_a_person(
+        reconciling_facilities(request.user)  # type: ignore[arg-type]
+    ).count()
     return render(
         request,
         "portal/staff_home.html",
-        {"memberships": memberships, "all_facilities": all_facilities},
+        {"memberships": memberships, "all_facilities": all_facilities, "waiting": waiting},
     )
 
 

@@ -8,7 +8,7 @@ never decodes pixel data: every path in (C-STORE, STOW-RS, upload, bulk import) 
 How a file is read:
 
 1. The size limit is checked from the file size before a single byte is parsed.
-2. The whole file is hashed (SHA-256) in chunks; this reads bytes, it decodes nothing.
+2. The file is hashed (SHA-256, whole and data set only) in chunks; this decodes nothing.
 3. A small structural walk (`_StructureWalker`) follows the element lengths of the file meta and
    the data set up to Pixel Data, descending into sequences. It is what decides `TRUNCATED`,
    `BAD_LENGTH` and `TOO_DEEP`, because pydicom quietly accepts a short read at end of file.
@@ -65,6 +65,8 @@ class RejectionReason(enum.StrEnum):
     UNSUPPORTED_SOP_CLASS = "UNSUPPORTED_SOP_CLASS"
     UNSUPPORTED_TRANSFER_SYNTAX = "UNSUPPORTED_TRANSFER_SYNTAX"
     BAD_UID = "BAD_UID"
+    # The sender said which study it was sending (a STOW-RS URL), and this is of another one.
+    STUDY_MISMATCH = "STUDY_MISMATCH"
 
 
 # C-STORE statuses, PS3.4 Table B.2-1 (Storage Service Class): A7xx "Refused: Out of
@@ -95,6 +97,7 @@ _DIMSE_STATUS: dict[RejectionReason, int] = {
     RejectionReason.UNSUPPORTED_SOP_CLASS: DIMSE_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     RejectionReason.UNSUPPORTED_TRANSFER_SYNTAX: DIMSE_CANNOT_UNDERSTAND,
     RejectionReason.BAD_UID: DIMSE_CANNOT_UNDERSTAND,
+    RejectionReason.STUDY_MISMATCH: DIMSE_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
 }
 
 _STOW_FAILURE_REASON: dict[RejectionReason, int] = {
@@ -107,6 +110,9 @@ _STOW_FAILURE_REASON: dict[RejectionReason, int] = {
     RejectionReason.UNSUPPORTED_SOP_CLASS: STOW_SOP_CLASS_NOT_SUPPORTED,
     RejectionReason.UNSUPPORTED_TRANSFER_SYNTAX: STOW_TRANSFER_SYNTAX_NOT_SUPPORTED,
     RejectionReason.BAD_UID: STOW_CANNOT_UNDERSTAND,
+    # PS3.18 has no code of its own for a study other than the URL's; A9xx is "does not fit
+    # what the request says it is".
+    RejectionReason.STUDY_MISMATCH: STOW_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
 }
 
 
@@ -173,7 +179,10 @@ class ParsedInstance:
     rows: int | None
     columns: int | None
     size_bytes: int
+    # The whole file as received, and the data set alone: the same instance sent over DIMSE,
+    # STOW-RS or on a CD differs only in its file meta, so identity is the data set's hash.
     sha256: str
+    data_set_sha256: str
 
 
 # --- What we accept ------------------------------------------------------------------------
@@ -257,7 +266,6 @@ def parse_instance(
 def _parse_open_file(file: IO[bytes], max_bytes: int, max_sequence_depth: int) -> ParsedInstance:
     size_bytes = file.seek(0, io.SEEK_END)
     _check_size(size_bytes, max_bytes)
-    sha256 = _hash_from_start(file)
 
     file.seek(0)
     head = file.read(132)
@@ -268,6 +276,7 @@ def _parse_open_file(file: IO[bytes], max_bytes: int, max_sequence_depth: int) -
     else:
         _check_raw_data_set_start(head)
         transfer_syntax_uid, data_set_offset = pydicom.uid.ImplicitVRLittleEndian, 0
+    sha256, data_set_sha256 = _hash_from_start(file, data_set_offset)
 
     _check_structure(file, size_bytes, data_set_offset, transfer_syntax_uid, max_bytes,
                      max_sequence_depth)  # fmt: skip
@@ -276,22 +285,46 @@ def _parse_open_file(file: IO[bytes], max_bytes: int, max_sequence_depth: int) -
     try:
         data_set = pydicom.dcmread(file, stop_before_pixels=True, force=not has_preamble)
     except (EOFError, zlib.error) as error:
-        raise _rejection(RejectionReason.TRUNCATED) from error
+        raise rejection_for(RejectionReason.TRUNCATED) from error
     except Exception as error:
         # The walk found the structure sound, so this is a value pydicom cannot make sense of.
         raise DicomRejected(
             RejectionReason.NOT_DICOM, "This file's DICOM header cannot be read."
         ) from error
 
-    return _instance_from(data_set, transfer_syntax_uid, size_bytes, sha256)
+    instance = _instance_from(data_set, transfer_syntax_uid, size_bytes, sha256, data_set_sha256)
+    if has_preamble:
+        _check_file_meta_agrees(data_set, instance)
+    return instance
 
 
-def _hash_from_start(file: IO[bytes]) -> str:
-    digest = hashlib.sha256()
+def _hash_from_start(file: IO[bytes], data_set_offset: int) -> tuple[str, str]:
+    """SHA-256 of the whole file, and of the data set alone (everything after the file meta),
+    in one pass."""
+    whole, data_set = hashlib.sha256(), hashlib.sha256()
     file.seek(0)
+    position = 0
     while chunk := file.read(HASH_CHUNK_BYTES):
-        digest.update(chunk)
-    return digest.hexdigest()
+        whole.update(chunk)
+        if position + len(chunk) > data_set_offset:
+            data_set.update(chunk[max(data_set_offset - position, 0) :])
+        position += len(chunk)
+    return whole.hexdigest(), data_set.hexdigest()
+
+
+def _check_file_meta_agrees(data_set: Dataset, instance: ParsedInstance) -> None:
+    """Refuse a file whose meta header says it is another kind of object than its data set.
+
+    Why: the meta's SOP class decides how archives and viewers treat the file. A differing
+    MediaStorageSOPInstanceUID is accepted: anonymisers often leave it stale, DIMSE senders do
+    not even transmit the meta, and the index files the instance under the data set's own UID.
+    """
+    declared = str(data_set.file_meta.get("MediaStorageSOPClassUID", "") or "").strip()
+    if declared and declared != instance.sop_class_uid:
+        raise DicomRejected(
+            RejectionReason.UNSUPPORTED_SOP_CLASS,
+            "The file's header names a different kind of object than its contents.",
+        )
 
 
 _MESSAGES: dict[RejectionReason, str] = {
@@ -302,10 +335,13 @@ _MESSAGES: dict[RejectionReason, str] = {
     RejectionReason.BAD_LENGTH: (
         "The file is damaged: one of its parts claims to be longer than the whole file."
     ),
+    RejectionReason.STUDY_MISMATCH: (
+        "This instance belongs to another study than the one in the request URL; it was not stored."
+    ),
 }
 
 
-def _rejection(reason: RejectionReason) -> DicomRejected:
+def rejection_for(reason: RejectionReason) -> DicomRejected:
     return DicomRejected(reason, _MESSAGES[reason])
 
 
@@ -341,10 +377,10 @@ def _check_raw_data_set_start(head: bytes) -> None:
     "parsed" into garbage elements.
     """
     if len(head) < 8:
-        raise _rejection(RejectionReason.NOT_DICOM)
+        raise rejection_for(RejectionReason.NOT_DICOM)
     group, _element, length = struct.unpack("<HHL", head[:8])
     if group != 0x0008 or length > 1024:
-        raise _rejection(RejectionReason.NOT_DICOM)
+        raise rejection_for(RejectionReason.NOT_DICOM)
 
 
 def _read_file_meta(file: IO[bytes], size_bytes: int) -> tuple[str, int]:
@@ -361,7 +397,7 @@ def _read_file_meta(file: IO[bytes], size_bytes: int) -> tuple[str, int]:
         if len(header) == 0:
             break
         if len(header) < 8:
-            raise _rejection(RejectionReason.TRUNCATED)
+            raise rejection_for(RejectionReason.TRUNCATED)
         group, element = struct.unpack("<HH", header[:4])
         if group != 0x0002:
             break
@@ -369,15 +405,15 @@ def _read_file_meta(file: IO[bytes], size_bytes: int) -> tuple[str, int]:
         if vr in _LONG_LENGTH_VRS:
             length_bytes = file.read(4)
             if len(length_bytes) < 4:
-                raise _rejection(RejectionReason.TRUNCATED)
+                raise rejection_for(RejectionReason.TRUNCATED)
             (length,) = struct.unpack("<L", length_bytes)
         else:
             (length,) = struct.unpack("<H", header[6:8])
         if length > size_bytes:
-            raise _rejection(RejectionReason.BAD_LENGTH)
+            raise rejection_for(RejectionReason.BAD_LENGTH)
         value = file.read(length)
         if len(value) < length:
-            raise _rejection(RejectionReason.TRUNCATED)
+            raise rejection_for(RejectionReason.TRUNCATED)
         if element == 0x0010:
             transfer_syntax_uid = value.rstrip(b"\x00 ").decode("ascii", "replace")
     if not transfer_syntax_uid:
@@ -450,7 +486,7 @@ def _inflate_bounded(compressed: bytes, max_bytes: int) -> bytes:
     try:
         inflated = inflater.decompress(compressed, max_bytes + 1)
     except zlib.error as error:
-        raise _rejection(RejectionReason.TRUNCATED) from error
+        raise rejection_for(RejectionReason.TRUNCATED) from error
     if len(inflated) > max_bytes:
         raise DicomRejected(
             RejectionReason.TOO_LARGE,
@@ -458,7 +494,7 @@ def _inflate_bounded(compressed: bytes, max_bytes: int) -> bytes:
             "for one image.",
         )
     if not inflater.eof:
-        raise _rejection(RejectionReason.TRUNCATED)
+        raise rejection_for(RejectionReason.TRUNCATED)
     return inflated
 
 
@@ -486,17 +522,17 @@ class _StructureWalker:
     def _read_exact(self, count: int) -> bytes:
         data = self.file.read(count)
         if len(data) < count:
-            raise _rejection(RejectionReason.TRUNCATED)
+            raise rejection_for(RejectionReason.TRUNCATED)
         return data
 
     def _check_value_fits(self, length: int, end: int | None) -> None:
         """A length beyond the whole file is corrupt; one beyond what is left is a cut file."""
         if length > self.size_bytes:
-            raise _rejection(RejectionReason.BAD_LENGTH)
+            raise rejection_for(RejectionReason.BAD_LENGTH)
         if self.file.tell() + length > (self.size_bytes if end is None else end):
             if end is not None and self.file.tell() + length <= self.size_bytes:
-                raise _rejection(RejectionReason.BAD_LENGTH)
-            raise _rejection(RejectionReason.TRUNCATED)
+                raise rejection_for(RejectionReason.BAD_LENGTH)
+            raise rejection_for(RejectionReason.TRUNCATED)
 
     def _walk_data_set(
         self, *, end: int | None, depth: int, implicit: bool, top_level: bool
@@ -507,13 +543,13 @@ class _StructureWalker:
             if not header and top_level:
                 return
             if len(header) < 4:
-                raise _rejection(RejectionReason.TRUNCATED)
+                raise rejection_for(RejectionReason.TRUNCATED)
             group, element = struct.unpack(endian + "HH", header)
             tag = group << 16 | element
             if tag == _ITEM_DELIMITER:
                 self._read_exact(4)
                 if top_level or end is not None:
-                    raise _rejection(RejectionReason.NOT_DICOM)
+                    raise rejection_for(RejectionReason.NOT_DICOM)
                 return
             if implicit:
                 (length,) = struct.unpack(endian + "L", self._read_exact(4))
@@ -561,7 +597,7 @@ class _StructureWalker:
             if tag == _SEQUENCE_DELIMITER and end is None:
                 return
             if tag != _ITEM:
-                raise _rejection(RejectionReason.NOT_DICOM)
+                raise rejection_for(RejectionReason.NOT_DICOM)
             if length == _UNDEFINED_LENGTH:
                 self._walk_data_set(end=None, depth=depth, implicit=implicit, top_level=False)
             else:
@@ -584,7 +620,7 @@ class _StructureWalker:
             if tag == _SEQUENCE_DELIMITER:
                 return
             if tag != _ITEM or length == _UNDEFINED_LENGTH:
-                raise _rejection(RejectionReason.NOT_DICOM)
+                raise rejection_for(RejectionReason.NOT_DICOM)
             self._check_value_fits(length, None)
             self.file.seek(length, io.SEEK_CUR)
 
@@ -602,7 +638,7 @@ _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIn
 
 
 def _instance_from(
-    data_set: Dataset, transfer_syntax_uid: str, size_bytes: int, sha256: str
+    data_set: Dataset, transfer_syntax_uid: str, size_bytes: int, sha256: str, data_set_sha256: str
 ) -> ParsedInstance:
     uids = {keyword: _required_uid(data_set, keyword) for keyword in _REQUIRED_UIDS}
     _check_sop_class(uids["SOPClassUID"])
@@ -650,6 +686,7 @@ def _instance_from(
         columns=_integer(data_set, "Columns"),
         size_bytes=size_bytes,
         sha256=sha256,
+        data_set_sha256=data_set_sha256,
     )
 
 
@@ -734,3 +771,72 @@ def parse_tm(value: str) -> time | None:
         )
     except ValueError:
         return None
+
+
+# --- CD index (DICOMDIR) ---------------------------------------------------------------------
+
+
+def read_dicomdir_file_ids(
+    source: str | os.PathLike[str] | IO[bytes],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+) -> list[tuple[str, ...]]:
+    """The files a CD's index (a PS3.10 DICOMDIR) lists, each as its ReferencedFileID path
+    components exactly as written (e.g. `("DICOM", "ST000000", "IM000000")`).
+
+    The index is checked like an instance (size, file meta, the structural walk) before pydicom
+    reads it, so a hostile one cannot make pydicom recurse or read past its end. The components
+    are not judged here: the caller decides which of them stay inside the CD. Raises
+    `DicomRejected` when the file is not a readable DICOMDIR.
+    """
+    if isinstance(source, str | os.PathLike):
+        with Path(source).open("rb") as file:
+            return _read_dicomdir_file_ids(file, max_bytes, max_sequence_depth)
+    return _read_dicomdir_file_ids(source, max_bytes, max_sequence_depth)
+
+
+def _read_dicomdir_file_ids(
+    file: IO[bytes], max_bytes: int, max_sequence_depth: int
+) -> list[tuple[str, ...]]:
+    size_bytes = file.seek(0, io.SEEK_END)
+    _check_size(size_bytes, max_bytes)
+    file.seek(0)
+    head = file.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        # PS3.10 8.6: a DICOMDIR is always a Part 10 file with file meta.
+        raise rejection_for(RejectionReason.NOT_DICOM)
+    transfer_syntax_uid, data_set_offset = _read_file_meta(file, size_bytes)
+    _check_transfer_syntax(transfer_syntax_uid)
+    _check_structure(file, size_bytes, data_set_offset, transfer_syntax_uid, max_bytes,
+                     max_sequence_depth)  # fmt: skip
+    file.seek(0)
+    try:
+        data_set = pydicom.dcmread(file)
+    except (EOFError, zlib.error) as error:
+        raise rejection_for(RejectionReason.TRUNCATED) from error
+    except Exception as error:
+        raise DicomRejected(
+            RejectionReason.NOT_DICOM, "This CD index's header cannot be read."
+        ) from error
+    media_class = _text(data_set.file_meta, "MediaStorageSOPClassUID")
+    if media_class != pydicom.uid.MediaStorageDirectoryStorage:
+        raise DicomRejected(RejectionReason.NOT_DICOM, "This file is not a CD index (DICOMDIR).")
+    try:
+        return [
+            _file_id_components(record.get("ReferencedFileID", None))
+            for record in data_set.get("DirectoryRecordSequence", None) or []
+            if record.get("ReferencedFileID", None) not in (None, "")
+        ]
+    except Exception as error:
+        raise DicomRejected(
+            RejectionReason.NOT_DICOM, "This CD index's records cannot be read."
+        ) from error
+
+
+def _file_id_components(value: Any) -> tuple[str, ...]:
+    components = [value] if isinstance(value, str | bytes) else list(value)
+    return tuple(
+        (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).strip(" \x00")
+        for c in components
+    )

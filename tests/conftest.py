@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from mailbox import Maildir
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -12,6 +13,8 @@ from django.core.cache import cache
 from accounts.models import User
 from facilities.models import Facility, Role
 from portal.env import email_settings
+from studies.spool import Spool, get_spool
+from studies.synthetic import generate_study
 from tests.factories import FacilityFactory, UserFactory, enable_totp, make_staff
 
 
@@ -21,6 +24,30 @@ def _fresh_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _own_spool(settings, tmp_path_factory):
+    """Each test receives DICOM into a spool of its own."""
+    settings.INGEST_SPOOL_DIR = tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture
+def spool(settings) -> Spool:
+    return get_spool()
+
+
+@pytest.fixture
+def synthetic_study(tmp_path_factory):
+    """Write a synthetic study and return its file paths: `synthetic_study(modality="CT",
+    instances=3, rows=64, patient=SyntheticPatient(...), seed=1)`."""
+
+    def make(**options) -> list[Path]:
+        options.setdefault("instances", 3)
+        options.setdefault("rows", 64)
+        return generate_study(tmp_path_factory.mktemp("study"), **options)
+
+    return make
 
 
 @pytest.fixture

@@ -54,6 +54,17 @@ class Shooter:
         self.page.screenshot(path=self.folder / f"{self.count:02d}-{step}.png", full_page=True)
 
 
+@pytest.fixture(autouse=True)
+def _static_files_by_plain_name(settings) -> None:
+    """The live server answers /static/ itself, from the source folders, where the hashed
+    names of the manifest storage do not exist; pages must link the plain names or they
+    would be shown without their style sheet and script."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})

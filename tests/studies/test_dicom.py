@@ -382,3 +382,23 @@ def test_it_parses_times_leniently(value, expected):
 def test_it_keeps_a_malformed_date_as_none(ct_file):
     rewrite(ct_file, lambda ds: setattr(ds, "StudyDate", "2024-13-45"))
     assert parse_instance(ct_file).study.study_date is None
+
+
+def test_a_file_meta_naming_another_sop_class_is_refused(tmp_path):
+    source = generate_study(tmp_path / "in", modality="CT", instances=1, rows=16)[0]
+    data_set = pydicom.dcmread(source)
+    data_set.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    path = tmp_path / "other-class.dcm"
+    data_set.save_as(path)
+    with pytest.raises(DicomRejected) as refusal:
+        parse_instance(path)
+    assert refusal.value.reason_code == RejectionReason.UNSUPPORTED_SOP_CLASS
+
+
+def test_a_stale_media_storage_instance_uid_is_accepted_under_the_data_sets_own(tmp_path):
+    source = generate_study(tmp_path / "in", modality="CT", instances=1, rows=16)[0]
+    data_set = pydicom.dcmread(source)
+    data_set.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    path = tmp_path / "stale-meta.dcm"
+    data_set.save_as(path)
+    assert parse_instance(path).sop_instance_uid == data_set.SOPInstanceUID

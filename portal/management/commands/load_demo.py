@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from allauth.account.models import EmailAddress
@@ -10,7 +12,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import User
+from audit.codes import ActorKind
 from facilities.models import AETitle, Facility, Membership, Role
+from studies.models import Study
+from studies.services import Channel, IngestSource, study_ingest_instance
+from studies.spool import get_spool
+from studies.synthetic import SyntheticPatient, generate_study
 
 DEMO_PASSWORD = "demo-portal-2026"  # noqa: S105 (printed to the developer; DEBUG only)
 
@@ -41,6 +48,33 @@ PEOPLE = (
         "Clinician",
         "Lakeside Imaging Center",
         Role.CLINICIAN,
+    ),
+)
+
+# The demo patient's studies at Riverside, made by the synthetic generator (small images, so
+# the first `make run` stays quick), and one whose name disagrees with the patient on record,
+# so the front desk's reconciliation queue has something to show.
+DEMO_PATIENT = SyntheticPatient(
+    patient_id="RGH-0042", name="DEMO^PAT", birth_date="19780412", sex="F", issuer="RGH"
+)
+DEMO_STUDIES = (
+    # modality, instances, rows, study date, patient
+    ("CT", 40, 256, "20260105", DEMO_PATIENT),
+    ("MR", 20, 256, "20260310", DEMO_PATIENT),
+    ("CR", 2, 512, "20260702", DEMO_PATIENT),
+    ("US", 1, 240, "20260915", DEMO_PATIENT),
+    (
+        "CR",
+        1,
+        512,
+        "20261020",
+        SyntheticPatient(
+            patient_id="RGH-0042",
+            name="DEMO-SMITH^PAT",
+            birth_date="19780412",
+            sex="F",
+            issuer="RGH",
+        ),
     ),
 )
 
@@ -75,6 +109,7 @@ class Command(BaseCommand):
                         user=user, facility=facilities[facility_name], defaults={"role": role}
                     )
 
+        self._load_studies(facilities["Riverside General Hospital"])
         self.stdout.write(self.style.SUCCESS(f"Demo logins (password for all: {DEMO_PASSWORD})"))
         for email, _, _, facility_name, role in PEOPLE:
             who = f"{Role(role).label}, {facility_name}" if role else "Patient"
@@ -82,4 +117,25 @@ class Command(BaseCommand):
         self.stdout.write(
             "Staff set up an authenticator app (TOTP) at their first sign-in; "
             "e-mails are printed to this console."
+        )
+
+    def _load_studies(self, riverside: Facility) -> None:
+        """Ingest the demo studies as Riverside's archive would send them, once."""
+        if Study.objects.filter(source_facility=riverside).exists():
+            return
+        source = IngestSource(riverside, Channel.IMPORT, ActorKind.SYSTEM, "load_demo")
+        spool = get_spool()
+        with tempfile.TemporaryDirectory() as folder:
+            for seed, (modality, instances, rows, study_date, patient) in enumerate(DEMO_STUDIES):
+                paths = generate_study(
+                    Path(folder) / str(seed), modality=modality, instances=instances, rows=rows,
+                    patient=patient, study_date=study_date, seed=seed,
+                )  # fmt: skip
+                for path in paths:
+                    with path.open("rb") as file:
+                        study_ingest_instance(path=spool.receive(file), source=source, spool=spool)
+        waiting = Study.objects.filter(match=Study.Match.PENDING).count()
+        self.stdout.write(
+            f"Demo studies: {Study.objects.count()} held, {waiting} waiting for the front desk "
+            "to match them."
         )

@@ -1,0 +1,63 @@
+"""Who may see and decide on studies. The facility membership is part of every query."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from accounts.models import User
+from facilities.models import Facility, Membership, Role
+from studies.models import Patient, Study
+
+# Who fixes studies that could not be matched: the people who register patients.
+RECONCILING_ROLES = (Role.FRONT_DESK, Role.FACILITY_ADMIN)
+
+
+def reconciling_facilities(user: User) -> QuerySet[Facility]:
+    """Facilities whose unmatched studies `user` may decide on."""
+    return Facility.objects.filter(
+        memberships__user=user, memberships__role__in=RECONCILING_ROLES
+    ).distinct()
+
+
+def get_waiting_study_for_user(user: User, public_id: str) -> Study:
+    """A study waiting for a person (pending or held) at one of the user's facilities.
+
+    404 for anyone without a membership at the study's facility, 403 for a role there that
+    does not reconcile.
+    """
+    study = (
+        Study.objects.select_related("source_facility", "candidate_patient")
+        .filter(
+            public_id=public_id,
+            match__in=(Study.Match.PENDING, Study.Match.HELD),
+            source_facility__memberships__user=user,
+        )
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study")
+    role = (
+        Membership.objects.filter(user=user, facility_id=study.source_facility_id)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if role not in RECONCILING_ROLES:
+        raise PermissionDenied("Your role does not match studies to patients")
+    return study
+
+
+def patients_visible_to_facility(facility: Facility) -> QuerySet[Patient]:
+    """Patients a facility's staff may pick from: those with an identifier issued through it
+    or a study it holds."""
+    return Patient.objects.filter(
+        Q(identifiers__facility=facility) | Q(studies__source_facility=facility)
+    ).distinct()
+
+
+def get_patient_for_facility(facility: Facility, public_id: str) -> Patient:
+    patient = patients_visible_to_facility(facility).filter(public_id=public_id).first()
+    if patient is None:
+        raise Http404("No such patient")
+    return patient

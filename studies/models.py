@@ -1,0 +1,205 @@
+"""The study index: patients, their identifiers, and the studies, series and instances held.
+
+Attributes "as received" are copied from the DICOM headers at ingest; they are what DICOMweb
+search (QIDO-RS) matches on, so the PS3.18 required matching keys are all columns here and
+the common searches have an index. People and URLs see `public_id`, never a DICOM UID or MRN.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import F
+from django.db.models.functions import Upper
+
+from facilities.models import Facility
+
+
+def normalised_person_name(name: str) -> str:
+    """A DICOM PN reduced for matching and case-insensitive search: upper case, family and
+    given names only, single spaces; `Doe^Jane^M^^` and `DOE^JANE` both give `DOE^JANE`."""
+    alphabetic = name.split("=", 1)[0]
+    components = [" ".join(part.split()).upper() for part in alphabetic.split("^")]
+    family = components[0] if components else ""
+    given = components[1] if len(components) > 1 else ""
+    return f"{family}^{given}" if given else family
+
+
+class Patient(models.Model):
+    """A person whose studies the portal holds, with the demographics first received."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=324, blank=True, help_text="DICOM PN, as received.")
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=16, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(Upper("name"), F("birth_date"), name="patient_name_birth_idx")]
+
+    def __str__(self) -> str:
+        return f"Patient {self.public_id}"
+
+    @property
+    def display_name(self) -> str:
+        """`Jane Doe` from `Doe^Jane`: how people write a name."""
+        family, _, rest = self.name.split("=", 1)[0].partition("^")
+        given = rest.split("^", 1)[0]
+        return " ".join(part for part in (given, family) if part).title() or "Unnamed patient"
+
+
+class PatientIdentifier(models.Model):
+    """A PatientID within the namespace of its issuer (IssuerOfPatientID).
+
+    `facility` is the facility whose studies first brought this identifier; the pair
+    (issuer, value) names one person, whichever facility sends it.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="identifiers")
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+")
+    issuer = models.CharField(max_length=64)
+    value = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "value"], name="patientidentifier_unique"),
+        ]
+        indexes = [models.Index(fields=["value"], name="patientidentifier_value_idx")]
+
+    def __str__(self) -> str:
+        return f"Identifier of {self.patient}"
+
+
+class Study(models.Model):
+    class Match(models.TextChoices):
+        MATCHED = "matched", "Matched to a patient"
+        PENDING = "pending", "Waiting for a person to match it"
+        HELD = "held", "Marked as not this patient"
+
+    class State(models.TextChoices):
+        # Instances are in the spool; publishing (the encrypted store) takes them from here.
+        RECEIVING = "receiving", "Receiving"
+        PUBLISHING = "publishing", "Publishing"
+        AVAILABLE = "available", "Available"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    source_facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="studies")
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="studies"
+    )
+    match = models.CharField(max_length=8, choices=Match.choices, default=Match.MATCHED)
+    # Why a study waits for a person, and the patient its identifier pointed at.
+    match_reason = models.CharField(max_length=200, blank=True)
+    candidate_patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=12, choices=State.choices, default=State.RECEIVING)
+
+    # Patient attributes as received (QIDO-RS PatientName, PatientID).
+    patient_name = models.CharField(max_length=324, blank=True)
+    patient_id_value = models.CharField("PatientID", max_length=64)
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+
+    # Study attributes (QIDO-RS required matching keys).
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.TimeField(null=True, blank=True)
+    accession_number = models.CharField(max_length=16, blank=True)
+    referring_physician_name = models.CharField(max_length=324, blank=True)
+    study_id = models.CharField("StudyID", max_length=16, blank=True)
+    description = models.CharField(max_length=64, blank=True)
+    modalities_in_study = models.CharField(
+        max_length=200, blank=True, help_text="Backslash-separated, as in DICOM."
+    )
+
+    number_of_series = models.PositiveIntegerField(default=0)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        indexes = [
+            models.Index(fields=["patient", "-study_date"], name="study_patient_date_idx"),
+            models.Index(fields=["patient_id_value", "issuer_of_patient_id"], name="study_pid_idx"),
+            models.Index(Upper("patient_name"), name="study_patient_name_idx"),
+            models.Index(fields=["study_date", "study_time"], name="study_date_idx"),
+            models.Index(fields=["accession_number"], name="study_accession_idx"),
+            models.Index(fields=["source_facility", "match"], name="study_facility_match_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Study {self.public_id}"
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in self.modalities_in_study.split("\\") if m]
+
+
+class Series(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    modality = models.CharField(max_length=16, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    description = models.CharField(max_length=64, blank=True)
+    body_part = models.CharField(max_length=16, blank=True)
+    performed_procedure_step_start_date = models.DateField(null=True, blank=True)
+    performed_procedure_step_start_time = models.TimeField(null=True, blank=True)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+        ordering = ("series_number", "pk")
+        indexes = [models.Index(fields=["modality"], name="series_modality_idx")]
+
+    def __str__(self) -> str:
+        return f"Series {self.public_id}"
+
+
+class Instance(models.Model):
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received, in the spool"
+        PUBLISHED = "published", "Published to the encrypted store"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="instances")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    instance_number = models.IntegerField(null=True, blank=True)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    number_of_frames = models.PositiveIntegerField(default=1)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField("SHA-256 of the file received", max_length=64)
+    # The instance's identity for duplicate detection: the same instance sent another way
+    # (DIMSE, STOW-RS, a CD) differs only in its file meta.
+    data_set_sha256 = models.CharField("SHA-256 of the data set", max_length=64)
+    received_from = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.RECEIVED)
+    # The file's name in the node's ingest spool while it waits to be published; opaque.
+    spool_name = models.CharField(max_length=64, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("instance_number", "pk")
+        indexes = [
+            models.Index(fields=["series", "instance_number"], name="instance_series_number_idx"),
+            models.Index(
+                fields=["state", "received_at"],
+                condition=models.Q(state="received"),
+                name="instance_waiting_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Instance {self.public_id}"
