@@ -87,6 +87,17 @@ class Action(models.TextChoices):
     STUDY_ATTACHED = "study.attached", "Study attached to a patient"
     STUDY_SPLIT = "study.split", "Study split off to a new patient record"
     STUDY_HELD = "study.held", "Study marked as not this patient"
+    STUDY_VIEWED = "study.viewed", "Study details opened"
+    # Consent
+    GRANT_CREATED = "consent.granted", "Consent given"
+    GRANT_WITHDRAWN = "consent.withdrawn", "Consent withdrawn"
+    # The encrypted store
+    STUDY_PUBLISHED = "study.published", "Images stored encrypted and made available"
+    INSTANCE_READ = "instance.read", "Image opened"
+    OBJECT_INTEGRITY_FAILED = "object.integrity_failed", "Stored image failed its integrity check"
+    STUDY_SHREDDED = "study.shredded", "Study deleted: its key destroyed, its images removed"
+    LEGAL_HOLD_CHANGED = "study.legal_hold", "Legal hold set or lifted"
+    DATA_KEYS_REWRAPPED = "keys.rewrapped", "Study keys re-wrapped under a new key version"
     # The audit log itself (DCM 110113 Security Alert)
     AUDIT_CHAIN_VERIFIED = "audit.verified", "Audit log verified"
     AUDIT_CHAIN_BROKEN = "audit.broken", "Audit log found altered"
@@ -121,6 +132,15 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.STUDY_ATTACHED: "110110",
     Action.STUDY_SPLIT: "110110",
     Action.STUDY_HELD: "110110",
+    Action.STUDY_VIEWED: "110103",
+    Action.GRANT_CREATED: "110110",
+    Action.GRANT_WITHDRAWN: "110110",
+    Action.STUDY_PUBLISHED: "110104",
+    Action.INSTANCE_READ: "110103",
+    Action.OBJECT_INTEGRITY_FAILED: "110113",
+    Action.STUDY_SHREDDED: "110105",
+    Action.LEGAL_HOLD_CHANGED: "110110",
+    Action.DATA_KEYS_REWRAPPED: "110113",
     Action.AUDIT_CHAIN_VERIFIED: "110113",
     Action.AUDIT_CHAIN_BROKEN: "110113",
 }

@@ -19,6 +19,8 @@ from audit.services import audit_record
 from facilities.access import request_is_staff
 
 SEEN_AT = "portal_seen_at"
+# Sent by scripts that poll on their own (progress bars): such requests are not activity.
+BACKGROUND_HEADER = "X-Portal-Background"
 # How often the last-seen time is written; finer precision would save the session every request.
 SEEN_RESOLUTION_SECONDS = 30
 
@@ -72,7 +74,8 @@ class SessionLifetimeMiddleware:
             return "lifetime"
         if now - seen_at > idle.total_seconds():
             return "idle"
-        if now - seen_at >= SEEN_RESOLUTION_SECONDS or SEEN_AT not in session:
+        background = request.headers.get(BACKGROUND_HEADER) == "1"
+        if not background and (now - seen_at >= SEEN_RESOLUTION_SECONDS or SEEN_AT not in session):
             session[SEEN_AT] = now
         return None
 

@@ -8,10 +8,13 @@ See `.env.example` for every variable.
 
 from __future__ import annotations
 
+import re
+import socket
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import (
@@ -263,6 +266,17 @@ if S3_BUCKET:
             "signature_version": "s3v4",
             "addressing_style": env_str("S3_ADDRESSING_STYLE", "path"),
             "object_parameters": {"CacheControl": "no-store"},
+            # botocore's defaults (60 s timeouts, legacy retries) would hold a worker for
+            # minutes against a store that hangs; fail sooner and let the task retry.
+            # (A client_config replaces the one django-storages would build, so it repeats
+            # the signature version and addressing style.)
+            "client_config": BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": env_str("S3_ADDRESSING_STYLE", "path")},
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
         },
     }
 else:
@@ -282,6 +296,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
     "objects": OBJECT_STORE,
 }
+
+# --- Nodes ---------------------------------------------------------------------------------------
+# This machine's name among the portal's nodes. Each node has its own ingest spool, and the
+# publish tasks for the files in it go to the queue `publish.<PORTAL_NODE>`, which only that
+# node's workers consume. Every node needs a distinct name; the host name is one.
+PORTAL_NODE = env_str("PORTAL_NODE") or socket.gethostname().split(".")[0]
+if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", PORTAL_NODE):
+    raise ImproperlyConfigured("PORTAL_NODE must be 1-64 letters, digits, '-' or '_'")
 
 # --- Ingest ------------------------------------------------------------------------------------
 # The spool holds received instances, in plaintext, until they are published encrypted. It is
@@ -306,6 +328,23 @@ DICOM_LISTENER_HOST = env_str("DICOM_LISTENER_HOST", "127.0.0.1")
 DICOM_LISTENER_PORT = env_int("DICOM_LISTENER_PORT", 11112)
 DICOM_LISTENER_MAX_ASSOCIATIONS = env_int("DICOM_LISTENER_MAX_ASSOCIATIONS", 10)
 
+# --- Encrypted store: keys and publishing --------------------------------------------------------
+# The keyring of key-encryption keys (see sharing/keys.py): a file (a mounted secret) or the
+# text itself; the embedded default keeps one in var/dev-secrets/.
+PORTAL_KEYRING_FILE = env_str("PORTAL_KEYRING_FILE")
+PORTAL_KEYRING_TEXT = env_str("PORTAL_KEYRING") or None
+# Instances a publish task claims at once: enough that broker overhead stays small, few enough
+# that a batch finishes well within the claim lease.
+PUBLISH_BATCH_SIZE = env_int("PUBLISH_BATCH_SIZE", 32)
+# A claim not finished after this long is released by the sweeper (its worker died).
+PUBLISH_CLAIM_LEASE_SECONDS = env_int("PUBLISH_CLAIM_LEASE_SECONDS", 900)
+# Instances waiting this long with no task (a lost queue) get one from the sweeper.
+PUBLISH_REQUEUE_AFTER_SECONDS = env_int("PUBLISH_REQUEUE_AFTER_SECONDS", 120)
+PUBLISH_PENDING_TTL = 300
+# Retries while the store or the database is down: backoff 1, 2, 4... capped, then the sweeper.
+PUBLISH_MAX_RETRIES = env_int("PUBLISH_MAX_RETRIES", 50)
+PUBLISH_RETRY_MAX_SECONDS = env_int("PUBLISH_RETRY_MAX_SECONDS", 30)
+
 # --- Celery ------------------------------------------------------------------------------------
 # Without REDIS_URL tasks run in-process (embedded default); with it, separate workers and beat.
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -321,6 +360,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that loses the broker lets running tasks finish: what they do is recorded in the
+# database, not the broker (a publish batch's claims), and the sweeper requeues the rest.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A task that has not finished when the visibility timeout passes is delivered again, so every
 # hard time limit stays well below it.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
@@ -335,6 +377,8 @@ if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "spool-sweep": {"task": "studies.spool_sweep", "schedule": timedelta(minutes=15)},
+    "publish-sweep": {"task": "sharing.publish_sweep", "schedule": timedelta(minutes=1)},
+    "retention-sweep": {"task": "sharing.retention_sweep", "schedule": timedelta(days=1)},
 }
 CELERY_TIMEZONE = "UTC"
 

@@ -17,6 +17,7 @@ urlpatterns = [
     path("facilities/", include("facilities.urls")),
     path("studies/", include("studies.urls")),
     path("dicomweb/", include("studies.dicomweb_urls")),
+    path("sharing/", include("sharing.urls")),
     path("admin/", admin.site.urls),
 ]
 

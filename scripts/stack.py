@@ -32,7 +32,7 @@ The command gets this environment (`up` writes it to var/stack.env as `export` l
     S3_ENDPOINT_URL, S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_REGION,
     S3_ADDRESSING_STYLE                                          the fresh SeaweedFS
     EMAIL_URL, SMTP_SINK_MAILDIR                                 the sink and its Maildir
-    DJANGO_SECRET_KEY (random), DJANGO_DEBUG=false, PORTAL_HTTPS=false
+    DJANGO_SECRET_KEY and PORTAL_KEYRING (random), DJANGO_DEBUG=false, PORTAL_HTTPS=false
 
 So that several people can test on one machine at once, give each their own database and
 Redis databases, e.g. `DATABASE_URL=postgres://postgres@127.0.0.1:5432/alice
@@ -48,6 +48,7 @@ Standard library and boto3 only, and no Django: it must run before the project c
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -82,6 +83,7 @@ DEFAULT_URLS = {
 # `NAME_FILE` before `NAME`), so the command never sees them.
 SHADOWING_VARIABLES = (
     "DJANGO_SECRET_KEY_FILE",
+    "PORTAL_KEYRING_FILE",
     "S3_ACCESS_KEY_ID_FILE",
     "S3_SECRET_ACCESS_KEY_FILE",
 )
@@ -240,6 +242,8 @@ class Stack:
             "EMAIL_URL": f"smtp://{LOOPBACK}:{smtp_port}",
             "SMTP_SINK_MAILDIR": str(maildir),
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            # A keyring of one KEK, given as production gives it: the text in a secret.
+            "PORTAL_KEYRING": "v1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
             "DJANGO_DEBUG": "false",
             "PORTAL_HTTPS": "false",
             "PORTAL_VAR_DIR": var_dir,

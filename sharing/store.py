@@ -47,28 +47,47 @@ class ObjectStore:
         return f"{kind}/{token[:2]}/{token}"
 
     def put(self, name: str, stream: IO[bytes]) -> None:
-        """Write `stream` under `name` exactly (never renamed, never made public)."""
-        stored_as = self.storage.save(name, File(stream, name=name))
-        if stored_as != name:  # a backend that renames would lose the object for us
-            self.storage.delete(stored_as)
-            raise StoreUnavailable("the object store renamed an object")
+        """Write `stream` under `name` exactly (never renamed, never made public).
+
+        An existing object of that name is replaced (a retried upload writes the same name).
+        """
+        with _unavailable_on_failure():
+            if not self.is_s3:
+                # The folder backend would save under another name rather than replace.
+                self.storage.delete(name)
+            stored_as = self.storage.save(name, File(stream, name=name))
+            if stored_as != name:  # a backend that renames would lose the object for us
+                self.storage.delete(stored_as)
+                raise StoreUnavailable("the object store renamed an object")
 
     def size(self, name: str) -> int:
         try:
-            return int(self.storage.size(name))
+            with _unavailable_on_failure():
+                return int(self.storage.size(name))
         except FileNotFoundError:
             raise ObjectMissing(name) from None
-        except Exception as exc:
-            if _is_s3_not_found(exc):
+        except StoreUnavailable as exc:
+            if _is_s3_not_found(exc.__cause__):
                 raise ObjectMissing(name) from None
             raise
 
     def exists(self, name: str) -> bool:
-        return bool(self.storage.exists(name))
+        with _unavailable_on_failure():
+            return bool(self.storage.exists(name))
 
     def delete(self, name: str) -> None:
         """Remove an object; removing one that is already gone is not an error."""
-        self.storage.delete(name)
+        with _unavailable_on_failure():
+            self.storage.delete(name)
+
+    def names(self, kind: str) -> Iterator[str]:
+        """Every object name of `kind` (see `new_name`), for sweeping orphans."""
+        with _unavailable_on_failure():
+            prefixes, _ = self.storage.listdir(kind)
+            for prefix in sorted(prefixes):
+                _, files = self.storage.listdir(f"{kind}/{prefix}")
+                for file_name in files:
+                    yield f"{kind}/{prefix}/{file_name}"
 
     @contextmanager
     def open(self, name: str, *, offset: int = 0) -> Iterator[BinaryIO]:
@@ -76,9 +95,15 @@ class ObjectStore:
         if offset < 0:
             raise ValueError("offset must not be negative")
         if self.is_s3:
+            from botocore.exceptions import BotoCoreError
+
             body = self._s3_get(name, offset)
             try:
                 yield body
+            except BotoCoreError as exc:
+                # The store failed half-way through the body (a cut connection, a timeout):
+                # the same "try again later" as a failed request.
+                raise StoreUnavailable(type(exc).__name__) from exc
             finally:
                 body.close()
             return
@@ -103,6 +128,8 @@ class ObjectStore:
                 # S3 refuses a range that starts at or past the end; a local file simply reads
                 # as empty there, and both backends must behave the same for the readers.
                 return io.BytesIO()
+            if _is_store_failure(exc):
+                raise StoreUnavailable(type(exc).__name__) from exc
             raise
 
     def check(self, *, timeout: float = 1.0) -> None:
@@ -137,14 +164,37 @@ class ObjectStore:
             raise StoreUnavailable(type(exc).__name__) from exc
 
 
-def _s3_error_code(exc: Exception) -> str:
+def _is_store_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the store failed (down, refusing us, out of space), as opposed to a
+    bug of ours: callers retry the former later."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, FileNotFoundError):
+        return False  # a missing object or folder: the caller says what that means
+    return isinstance(exc, BotoCoreError | ClientError | Boto3Error | OSError)
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if _is_store_failure(exc):
+            raise StoreUnavailable(type(exc).__name__) from exc
+        raise
+
+
+def _s3_error_code(exc: BaseException | None) -> str:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return ""
     return str(response.get("Error", {}).get("Code", ""))
 
 
-def _is_s3_not_found(exc: Exception) -> bool:
+def _is_s3_not_found(exc: BaseException | None) -> bool:
     return _s3_error_code(exc) in {"404", "NoSuchKey", "NotFound"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404
@@ -61,3 +63,35 @@ def get_patient_for_facility(facility: Facility, public_id: str) -> Patient:
     if patient is None:
         raise Http404("No such patient")
     return patient
+
+
+def staff_facilities(user: User) -> QuerySet[Facility]:
+    """Facilities where the user holds any role: whose studies they may look at."""
+    return Facility.objects.filter(memberships__user=user).order_by("name")
+
+
+def studies_for_staff(user: User) -> QuerySet[Study]:
+    """Studies received by any facility where the user holds a role, whatever the role.
+
+    A membership is unique per (user, facility), so the join cannot repeat a study.
+    Platform admins hold no membership and see no study this way.
+    """
+    return Study.objects.filter(source_facility__memberships__user=user)
+
+
+def get_study_for_staff(user: User, public_id: str | uuid.UUID) -> Study:
+    """A study of one of the user's facilities, with its facility and patient; 404 for
+    anyone without a membership there, so a stranger cannot tell it exists."""
+    try:
+        public_id = uuid.UUID(str(public_id))
+    except ValueError:
+        raise Http404("No such study") from None
+    study = (
+        studies_for_staff(user)
+        .select_related("source_facility", "patient")
+        .filter(public_id=public_id)
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study")
+    return study

@@ -83,6 +83,8 @@ class Study(models.Model):
         RECEIVING = "receiving", "Receiving"
         PUBLISHING = "publishing", "Publishing"
         AVAILABLE = "available", "Available"
+        # Crypto-shredded at the end of retention or on request: nothing can be read any more.
+        SHREDDED = "shredded", "Deleted"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study_instance_uid = models.CharField(max_length=64, unique=True)
@@ -118,9 +120,15 @@ class Study(models.Model):
 
     number_of_series = models.PositiveIntegerField(default=0)
     number_of_instances = models.PositiveIntegerField(default=0)
+    # Instances in the encrypted store: progress is this of number_of_instances.
+    number_of_published_instances = models.PositiveIntegerField(default=0)
     size_bytes = models.PositiveBigIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Retention: the study is crypto-shredded after this day unless a legal hold is set.
+    available_until = models.DateField()
+    legal_hold = models.BooleanField(default=False)
 
     class Meta:
         verbose_name_plural = "studies"
@@ -131,6 +139,14 @@ class Study(models.Model):
             models.Index(fields=["study_date", "study_time"], name="study_date_idx"),
             models.Index(fields=["accession_number"], name="study_accession_idx"),
             models.Index(fields=["source_facility", "match"], name="study_facility_match_idx"),
+            models.Index(
+                fields=["source_facility", "-received_at"], name="study_facility_received_idx"
+            ),
+            models.Index(
+                fields=["available_until"],
+                condition=models.Q(legal_hold=False) & ~models.Q(state="shredded"),
+                name="study_retention_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -139,6 +155,12 @@ class Study(models.Model):
     @property
     def modalities(self) -> list[str]:
         return [m for m in self.modalities_in_study.split("\\") if m]
+
+    @property
+    def published_percent(self) -> int:
+        if not self.number_of_instances:
+            return 0
+        return self.number_of_published_instances * 100 // self.number_of_instances
 
 
 class Series(models.Model):
@@ -167,6 +189,8 @@ class Series(models.Model):
 class Instance(models.Model):
     class State(models.TextChoices):
         RECEIVED = "received", "Received, in the spool"
+        # Claimed by a publish task, which is encrypting and uploading it.
+        PUBLISHING = "publishing", "Being published"
         PUBLISHED = "published", "Published to the encrypted store"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -186,8 +210,10 @@ class Instance(models.Model):
     data_set_sha256 = models.CharField("SHA-256 of the data set", max_length=64)
     received_from = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+")
     state = models.CharField(max_length=12, choices=State.choices, default=State.RECEIVED)
-    # The file's name in the node's ingest spool while it waits to be published; opaque.
+    # The file's name in the ingest spool while it waits to be published (opaque), and the node
+    # whose spool holds it: its publish tasks go to that node's queue.
     spool_name = models.CharField(max_length=64, blank=True)
+    spool_node = models.CharField(max_length=64, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -195,8 +221,8 @@ class Instance(models.Model):
         indexes = [
             models.Index(fields=["series", "instance_number"], name="instance_series_number_idx"),
             models.Index(
-                fields=["state", "received_at"],
-                condition=models.Q(state="received"),
+                fields=["spool_node", "state", "received_at"],
+                condition=~models.Q(state="published"),
                 name="instance_waiting_idx",
             ),
         ]

@@ -7,6 +7,7 @@ in the spool in one transaction, and tells the publish pipeline on commit.
 
 from __future__ import annotations
 
+import calendar
 import enum
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.dispatch import Signal
 from django.http import HttpRequest
+from django.utils import timezone
 
 from accounts.models import User
 from audit.codes import Action, ActorKind, Outcome, TargetKind
@@ -303,6 +305,7 @@ def _index_once(
         data_set_sha256=parsed.data_set_sha256,
         received_from=source.facility,
         spool_name=spool_name,
+        spool_node=settings.PORTAL_NODE,
     )
     Series.objects.filter(pk=series.pk).update(
         number_of_instances=F("number_of_instances") + 1,
@@ -346,6 +349,10 @@ def _study_for(parsed: ParsedInstance, source: IngestSource) -> Study:
         if (received.patient_id, issuer) != (study.patient_id_value, study.issuer_of_patient_id):
             # One study, two patients: the sender has mixed up its data; keep them apart.
             raise _Conflict("study_of_another_patient")
+        if study.state == Study.State.SHREDDED:
+            # Deleted at the end of retention or at the patient's request: a re-send must not
+            # bring it back behind their back.
+            raise _Conflict("study_deleted")
         return study
 
     issuer = received.issuer_of_patient_id or source.default_issuer
@@ -363,6 +370,11 @@ def _study_for(parsed: ParsedInstance, source: IngestSource) -> Study:
         referring_physician_name=parsed.study.referring_physician_name,
         study_id=parsed.study.study_id[:16],
         description=parsed.study.description[:64],
+        available_until=retention_end(
+            parsed.study.study_date,
+            source.facility.retention_months,
+            received_on=timezone.localdate(),
+        ),
     )
     _match_patient(study, source)
     study.save()
@@ -376,6 +388,20 @@ def _study_for(parsed: ParsedInstance, source: IngestSource) -> Study:
             detail={"reason": study.match_reason},
         )
     return study
+
+
+def retention_end(study_date: date | None, months: int, *, received_on: date) -> date:
+    """The last day a study must stay available: `months` after the study, and never less than
+    `months` after it reached the portal, so an old study brought in on a CD does not expire on
+    arrival."""
+    return add_months(max(study_date or received_on, received_on), months)
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day `months` later, or that month's last day when it is shorter."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
 def _match_patient(study: Study, source: IngestSource) -> None:

@@ -4,6 +4,9 @@ from studies import upload_views, views
 
 app_name = "studies"
 urlpatterns = [
+    path("", views.study_list, name="study-list"),
+    path("<uuid:study_id>/", views.study_detail, name="study"),
+    path("<uuid:study_id>/progress/", views.study_progress_json, name="study-progress"),
     path("upload/", upload_views.upload, name="upload"),
     path("upload/receive/", upload_views.upload_receive, name="upload-receive"),
     path("reconciliation/", views.reconciliation, name="reconciliation"),

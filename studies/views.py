@@ -5,26 +5,39 @@ patient on record, or when it came on media without an issuer for its patient ID
 attach it to a patient, split it off to a new patient record, or mark it as not the suggested
 patient; a held study stays unshared until someone attaches it. Every decision is audited by
 its service. Every view starts with an access helper that puts the membership in the query.
+
+Below them, the studies of the user's facilities: a list, a study page (audited as a view of
+the study) and the progress JSON that static/js/progress.js polls to move the page's bar.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from accounts.policies import ROLE, policy
+from audit.codes import Action, TargetKind
+from audit.services import audit_record
+from facilities.models import Membership, Role
 from studies import selectors, services
 from studies.access import (
     get_patient_for_facility,
+    get_study_for_staff,
     get_waiting_study_for_user,
     reconciling_facilities,
+    staff_facilities,
+    studies_for_staff,
 )
 from studies.models import Study
 
@@ -143,3 +156,99 @@ def reconciliation_hold(request: HttpRequest, study: Study) -> HttpResponse:
             "Marked as not this patient. The study stays unshared until someone attaches it.",
         )
     return redirect("studies:reconciliation")
+
+
+# --- Studies: what staff's facilities hold, and how far publishing has got -----------------
+
+STUDIES_PER_PAGE = 50
+# Once a study is in one of these states its progress never changes again.
+FINAL_STATES = frozenset({Study.State.AVAILABLE, Study.State.SHREDDED})
+# What a row of the list reads; anything else stays in the database.
+STUDY_LIST_FIELDS = (
+    "public_id",
+    "study_date",
+    "description",
+    "modalities_in_study",
+    "match",
+    "state",
+    "number_of_instances",
+    "number_of_published_instances",
+    "available_until",
+    "legal_hold",
+    "received_at",
+    "source_facility__name",
+    "patient__name",
+)
+
+
+def study_progress(study: Study) -> dict[str, Any]:
+    """How far a study is on its way to being available, without PHI: what the progress
+    JSON answers. `studies/_progress.html` renders the same from the study itself."""
+    return {
+        "state": study.state,
+        "label": study.get_state_display(),
+        "published": study.number_of_published_instances,
+        "total": study.number_of_instances,
+        "percent": study.published_percent,
+        "available_until": study.available_until.isoformat(),
+        "done": study.state in FINAL_STATES,
+    }
+
+
+@policy(ROLE)
+@require_GET
+def study_list(request: HttpRequest) -> HttpResponse:
+    facilities = list(staff_facilities(_user(request)))
+    if not facilities:
+        raise PermissionDenied("This page is for facility staff.")
+    studies = (
+        studies_for_staff(_user(request))
+        .select_related("source_facility", "patient")
+        .only(*STUDY_LIST_FIELDS)
+        .order_by("-received_at", "-pk")
+    )
+    page = Paginator(studies, STUDIES_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "studies/study_list.html",
+        {"page": page, "studies": page.object_list, "facilities": facilities},
+    )
+
+
+@policy(ROLE)
+@require_GET
+def study_detail(request: HttpRequest, study_id: str) -> HttpResponse:
+    study = get_study_for_staff(_user(request), study_id)
+    audit_record(
+        action=Action.STUDY_VIEWED,
+        request=request,
+        facility_id=study.source_facility_id,
+        target_kind=TargetKind.STUDY,
+        target_id=study.pk,
+        patient_id=study.patient_id,
+        study_id=study.pk,
+    )
+    return render(
+        request,
+        "studies/study_detail.html",
+        {
+            "study": study,
+            "series": study.series.only(
+                "series_number", "modality", "description", "number_of_instances"
+            ),
+            "progress_url": reverse("studies:study-progress", kwargs={"study_id": study.public_id}),
+            "can_set_legal_hold": Membership.objects.filter(
+                user=request.user, facility_id=study.source_facility_id, role=Role.FACILITY_ADMIN
+            ).exists(),
+        },
+    )
+
+
+@policy(ROLE)
+@require_GET
+@never_cache
+def study_progress_json(request: HttpRequest, study_id: str) -> JsonResponse:
+    """Polled by static/js/progress.js while the study page is open. Not audited: it tells
+    nothing about the person or the images, and the page that polls it was audited."""
+    study = get_study_for_staff(_user(request), study_id)
+    return JsonResponse(study_progress(study))

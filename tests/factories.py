@@ -5,6 +5,7 @@ import datetime
 import factory
 from allauth.account.models import EmailAddress
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from django.utils import timezone
 
 from accounts.models import User
 from facilities.models import Facility, Membership, Role
@@ -91,6 +92,7 @@ class StudyFactory(factory.django.DjangoModelFactory):
     description = "CT CHEST"
     number_of_series = 1
     number_of_instances = 3
+    available_until = factory.LazyFunction(lambda: timezone.localdate() + datetime.timedelta(365))
 
 
 class SeriesFactory(factory.django.DjangoModelFactory):

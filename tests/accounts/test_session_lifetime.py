@@ -31,6 +31,20 @@ def test_staff_are_signed_out_after_fifteen_idle_minutes(client, front_desk):
     assert expired.target_id == str(front_desk.pk)
 
 
+def test_background_polls_do_not_keep_an_idle_session_alive(client, front_desk):
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        client.force_login(front_desk)
+        client.get(reverse("portal:staff-home"))
+        for _ in range(7):  # a progress bar polling for 14 minutes
+            clock.shift(timedelta(minutes=2))
+            assert client.get(reverse("portal:staff-home"),
+                              headers={"X-Portal-Background": "1"}).status_code == 200  # fmt: skip
+        clock.shift(timedelta(minutes=1, seconds=30))
+        response = client.get(reverse("portal:staff-home"), headers={"X-Portal-Background": "1"})
+    assert response.status_code == 302
+    assert AuditEvent.objects.get(action=Action.SESSION_EXPIRED).detail == {"reason": "idle"}
+
+
 def test_the_sign_in_page_says_why(client, front_desk):
     with time_machine.travel(timezone.now(), tick=False) as clock:
         client.force_login(front_desk)

@@ -153,8 +153,40 @@ def test_it_keeps_local_objects_private_to_the_owner(folder_store: ObjectStore) 
 
 
 def test_it_fails_a_put_signed_with_the_wrong_secret(s3_store: ObjectStore) -> None:
-    with pytest.raises(ClientError, match="SignatureDoesNotMatch"):
+    with pytest.raises(StoreUnavailable) as failure:
         wrong_secret_store().put(ObjectStore.new_name("study"), io.BytesIO(PAYLOAD))
+    assert "SignatureDoesNotMatch" in str(failure.value.__cause__)
+
+
+def test_it_replaces_an_object_put_again_under_its_name(store: ObjectStore, stored: str) -> None:
+    store.put(stored, io.BytesIO(b"second"))
+    with store.open(stored) as body:
+        assert body.read() == b"second"
+
+
+def test_it_lists_the_names_of_a_kind(store: ObjectStore, stored: str) -> None:
+    other = ObjectStore.new_name("other")
+    store.put(other, io.BytesIO(b"x"))
+    names = set(store.names("study"))
+    assert stored in names
+    assert other not in names
+
+
+def test_it_reports_a_store_that_is_not_there_as_unavailable(
+    s3_store: ObjectStore, unused_port: int
+) -> None:
+    options = {
+        **settings.STORAGES["objects"]["OPTIONS"],
+        "endpoint_url": f"http://127.0.0.1:{unused_port}",
+    }
+    gone = ObjectStore(S3Storage(**options))
+    for operation in (
+        lambda: gone.put(ObjectStore.new_name("study"), io.BytesIO(PAYLOAD)),
+        lambda: gone.size("study/00/00"),
+        lambda: gone.delete("study/00/00"),
+    ):
+        with pytest.raises(StoreUnavailable):
+            operation()
 
 
 def test_it_fails_the_check_with_the_wrong_secret(s3_store: ObjectStore) -> None:

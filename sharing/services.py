@@ -1,0 +1,562 @@
+"""The encrypted store's life cycle: publishing spooled instances, reading them, ending them.
+
+Publishing (rule 1 of DESIGN.md): a publish task claims a batch of a node's spooled instances,
+encrypts each under its study's data key, uploads it, reads it back and checks that it decrypts
+to the SHA-256 recorded at ingest, then records the object and removes the spool file. Every
+step can be interrupted (a killed worker, a store or database outage) without losing an
+instance or publishing one twice:
+
+- a claim is a conditional update (`received` -> `publishing`) plus a `StoredObject` row naming
+  the object *before* anything is uploaded, so an upload never writes an object nobody knows;
+- the claim carries a token (the task's id, which survives Celery retries), so a retried task
+  finishes its own claims first, re-uploading under the same name;
+- finishing is again conditional (`uploading` -> `stored`): a claim released in the meantime
+  by the sweeper (its lease ran out) is not finished twice, and its object is removed;
+- the sweeper releases claims older than the lease (deleting whatever was uploaded) and
+  requeues instances that wait with no task, e.g. after Redis lost its queue.
+
+Reading: `read_instance` is the only way any other part of the project gets study bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.codes import Action, ActorKind, Outcome, TargetKind
+from audit.services import audit_record
+from sharing.crypto import (
+    DEFAULT_SEGMENT_SIZE,
+    HEADER_SIZE,
+    DataKey,
+    IntegrityError,
+    ObjectDecryptor,
+    ObjectEncryptor,
+    ciphertext_size,
+    decrypt_stream,
+)
+from sharing.keys import existing_study_data_key, study_data_key
+from sharing.models import StoredObject, StudyKey
+from sharing.store import ObjectStore, StoreUnavailable, get_object_store
+from studies.models import Instance, Series, Study
+from studies.spool import get_spool
+
+logger = logging.getLogger(__name__)
+
+OBJECT_KIND = "instance"
+
+
+class PublishFailed(Exception):
+    """An uploaded object did not read back as the instance received; it was not recorded."""
+
+
+class ClaimLost(Exception):
+    """The sweeper released this claim while the task worked on it (its lease ran out)."""
+
+
+def publish_queue(node: str) -> str:
+    """The Celery queue of the node whose spool holds the files: only its workers read them."""
+    return f"publish.{node}"
+
+
+# --- Publishing -------------------------------------------------------------------------------
+
+
+@dataclass
+class PublishReport:
+    published: int = 0
+    # Claims let go because the store failed; their instances wait to be claimed again.
+    released: int = 0
+    study_ids: set[int] = field(default_factory=set)
+    # True when the batch was full: more instances may be waiting.
+    more: bool = False
+
+
+@dataclass
+class _Claim:
+    instance: Instance
+    stored: StoredObject
+
+
+def publish_spooled(
+    node: str,
+    *,
+    claim_token: str | None = None,
+    batch_size: int | None = None,
+    store: ObjectStore | None = None,
+) -> PublishReport:
+    """Publish one batch of `node`'s spooled instances: this token's unfinished claims first,
+    then new ones. Raises StoreUnavailable (after letting go of what it could) for a retry."""
+    token = claim_token or uuid.uuid4().hex
+    size = batch_size or settings.PUBLISH_BATCH_SIZE
+    store = store or get_object_store()
+    claims = _resumed_claims(token)
+    if len(claims) < size:
+        claims += _claim(node, token, size - len(claims))
+    report = PublishReport(more=len(claims) >= size)
+    data_keys: dict[int, DataKey] = {}
+    try:
+        for position, claim in enumerate(claims):
+            try:
+                _publish_one(claim, store, data_keys)
+            except StoreUnavailable:
+                report.released = _release(claims[position:], store)
+                raise
+            except ClaimLost:
+                continue
+            except (PublishFailed, OSError):
+                # A spool file gone or a read-back that does not match: loud, and left claimed so
+                # that the sweeper retries it after the lease rather than in a tight loop.
+                logger.exception("Publishing instance %s failed", claim.instance.pk)
+                continue
+            report.published += 1
+            report.study_ids.add(claim.instance.study_id)
+    finally:
+        _settle_studies({claim.instance.study_id for claim in claims})
+    return report
+
+
+def _resumed_claims(token: str) -> list[_Claim]:
+    objects = StoredObject.objects.select_related("instance").filter(
+        claim_token=token, state=StoredObject.State.UPLOADING
+    )
+    return [_Claim(stored.instance, stored) for stored in objects]
+
+
+def _claim(node: str, token: str, size: int) -> list[_Claim]:
+    now = timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: workers of the same node each take different instances, without waiting.
+        candidates = list(
+            Instance.objects.select_for_update(skip_locked=True)
+            .filter(spool_node=node, state=Instance.State.RECEIVED)
+            .order_by("pk")[:size]
+        )
+        # Each claim is conditional: without row locks (SQLite) another claimer may have
+        # taken an instance since the select, and then this one does not.
+        candidates = [
+            instance
+            for instance in candidates
+            if Instance.objects.filter(pk=instance.pk, state=Instance.State.RECEIVED).update(
+                state=Instance.State.PUBLISHING
+            )
+        ]
+        if not candidates:
+            return []
+        stored = StoredObject.objects.bulk_create(
+            StoredObject(
+                instance=instance,
+                name=ObjectStore.new_name(OBJECT_KIND),
+                claim_token=token,
+                segment_size=DEFAULT_SEGMENT_SIZE,
+                claimed_at=now,
+            )
+            for instance in candidates
+        )
+        Study.objects.filter(
+            pk__in={instance.study_id for instance in candidates}, state=Study.State.RECEIVING
+        ).update(state=Study.State.PUBLISHING)
+    return [_Claim(instance, record) for instance, record in zip(candidates, stored, strict=True)]
+
+
+def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey]) -> None:
+    instance, stored = claim.instance, claim.stored
+    data_key = data_keys.get(instance.study_id)
+    if data_key is None:
+        data_key = data_keys[instance.study_id] = study_data_key(instance.study)
+    spool = get_spool()
+    path = spool.path_of(instance.spool_name)
+    encryptor = ObjectEncryptor(data_key, segment_size=stored.segment_size)
+    with path.open("rb") as plaintext:
+        store.put(stored.name, encryptor.reader(plaintext))
+    expected_size = ciphertext_size(instance.size_bytes, segment_size=stored.segment_size)
+    _verify(store, stored.name, data_key, encryptor.object_id, instance, expected_size)
+
+    with transaction.atomic():
+        finished = StoredObject.objects.filter(
+            pk=instance.pk, name=stored.name, state=StoredObject.State.UPLOADING
+        ).update(
+            state=StoredObject.State.STORED,
+            object_id=encryptor.object_id,
+            size_bytes=expected_size,
+            stored_at=timezone.now(),
+        )
+        if finished:
+            Instance.objects.filter(pk=instance.pk, state=Instance.State.PUBLISHING).update(
+                state=Instance.State.PUBLISHED, spool_name=""
+            )
+            Study.objects.filter(pk=instance.study_id).update(
+                number_of_published_instances=F("number_of_published_instances") + 1
+            )
+            transaction.on_commit(lambda: spool.discard(path))
+    if not finished:
+        # Released by the sweeper meanwhile: a later claim publishes the instance under
+        # another name, so what this one uploaded must go.
+        _delete_quietly(store, stored.name)
+        raise ClaimLost(stored.name)
+
+
+def _delete_quietly(store: ObjectStore, name: str) -> None:
+    try:
+        store.delete(name)
+    except StoreUnavailable:
+        logger.warning("An object of a released claim is left for the orphan sweep")
+
+
+def _verify(
+    store: ObjectStore,
+    name: str,
+    data_key: DataKey,
+    object_id: bytes,
+    instance: Instance,
+    expected_size: int,
+) -> None:
+    """Read the object back: it must have the size its plaintext gives and decrypt to exactly
+    the bytes received (the SHA-256 recorded at ingest)."""
+    if store.size(name) != expected_size:
+        raise PublishFailed("the stored object has the wrong size")
+    digest = hashlib.sha256()
+    try:
+        with store.open(name) as body:
+            for chunk in decrypt_stream(body, data_key, expected_object_id=object_id):
+                digest.update(chunk)
+    except IntegrityError as exc:
+        raise PublishFailed(f"the stored object does not decrypt: {exc}") from exc
+    if digest.hexdigest() != instance.sha256:
+        raise PublishFailed("the stored object does not decrypt to the instance received")
+
+
+def _release(claims: Iterable[_Claim], store: ObjectStore) -> int:
+    """Let go of unfinished claims so any worker can take them again; deletes what they may
+    have uploaded first. A claim whose object cannot be deleted (the store is down) is kept,
+    for the retried task or, after the lease, the sweeper."""
+    released = 0
+    for claim in claims:
+        try:
+            store.delete(claim.stored.name)
+        except StoreUnavailable:
+            break  # the store is down: each further delete would only wait for it again
+        released += _release_claim(claim.stored)
+    return released
+
+
+def _release_claim(stored: StoredObject) -> int:
+    with transaction.atomic():
+        deleted, _ = StoredObject.objects.filter(
+            pk=stored.pk, name=stored.name, state=StoredObject.State.UPLOADING
+        ).delete()
+        if deleted:
+            Instance.objects.filter(pk=stored.pk, state=Instance.State.PUBLISHING).update(
+                state=Instance.State.RECEIVED
+            )
+    return int(bool(deleted))
+
+
+def _settle_studies(study_ids: Iterable[int]) -> None:
+    """Move each study to `available` once nothing of it waits, auditing that moment."""
+    for study_id in sorted(study_ids):
+        with transaction.atomic():
+            # The row lock orders this after any ingest transaction still adding to the study.
+            study = Study.objects.select_for_update().filter(pk=study_id).first()
+            if study is None or study.state == Study.State.SHREDDED:
+                continue
+            waiting = (
+                Instance.objects.filter(study_id=study_id)
+                .exclude(state=Instance.State.PUBLISHED)
+                .exists()
+            )
+            state = Study.State.PUBLISHING if waiting else Study.State.AVAILABLE
+            if state == study.state:
+                continue
+            Study.objects.filter(pk=study_id).update(state=state, updated_at=timezone.now())
+            if state == Study.State.AVAILABLE:
+                audit_record(
+                    action=Action.STUDY_PUBLISHED,
+                    actor_kind=ActorKind.SYSTEM,
+                    facility_id=study.source_facility_id,
+                    target_kind=TargetKind.STUDY,
+                    target_id=study.pk,
+                    patient_id=study.patient_id,
+                    study_id=study.pk,
+                    detail={"instances": study.number_of_published_instances},
+                )
+
+
+# --- The sweeper ------------------------------------------------------------------------------
+
+
+@dataclass
+class PublishSweepReport:
+    released: int = 0
+    # Nodes with instances waiting and no task: their queues get a task.
+    nodes_to_kick: set[str] = field(default_factory=set)
+    orphans_removed: int = 0
+
+
+def publish_sweep(
+    *,
+    lease: timedelta | None = None,
+    waiting_for: timedelta | None = None,
+    store: ObjectStore | None = None,
+) -> PublishSweepReport:
+    """Release claims older than `lease` and name the nodes whose instances have waited longer
+    than `waiting_for` (the caller queues a publish task for each)."""
+    store = store or get_object_store()
+    now = timezone.now()
+    lease = timedelta(seconds=settings.PUBLISH_CLAIM_LEASE_SECONDS) if lease is None else lease
+    if waiting_for is None:
+        waiting_for = timedelta(seconds=settings.PUBLISH_REQUEUE_AFTER_SECONDS)
+    report = PublishSweepReport()
+    stale = StoredObject.objects.select_related("instance").filter(
+        state=StoredObject.State.UPLOADING, claimed_at__lte=now - lease
+    )
+    for stored in stale.iterator():
+        try:
+            store.delete(stored.name)
+        except StoreUnavailable:
+            logger.warning("The object store is unavailable; stale claims stay for the next sweep")
+            break
+        if _release_claim(stored):
+            report.released += 1
+            report.nodes_to_kick.add(stored.instance.spool_node)
+    report.nodes_to_kick.update(
+        Instance.objects.filter(state=Instance.State.RECEIVED, received_at__lte=now - waiting_for)
+        .values_list("spool_node", flat=True)
+        .distinct()
+    )
+    return report
+
+
+def remove_orphan_objects(*, store: ObjectStore | None = None) -> int:
+    """Delete instance objects that no row names (left by a shred or a release whose delete
+    failed). Rows are written before their objects, so an object without one is never in use."""
+    store = store or get_object_store()
+    listed = list(store.names(OBJECT_KIND))
+    known = set(StoredObject.objects.filter(name__in=listed).values_list("name", flat=True))
+    removed = 0
+    for name in listed:
+        if name not in known:
+            store.delete(name)
+            removed += 1
+    return removed
+
+
+# --- Reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads an instance and why, as the audit log records it."""
+
+    actor_kind: str
+    actor_id: str | int = ""
+    request: HttpRequest | None = None
+    facility_id: int | None = None
+    purpose: str = ""
+
+
+class ObjectUnavailable(Exception):
+    """The instance has no stored object (not yet published, or shredded)."""
+
+
+def read_instance(
+    instance: Instance,
+    reader: Reader,
+    *,
+    offset: int = 0,
+    still_allowed: Callable[[], bool] | None = None,
+    store: ObjectStore | None = None,
+) -> Iterator[bytes]:
+    """The plaintext of a published instance from byte `offset` on, one chunk per segment.
+
+    The read is audited before the first byte. Every segment is authenticated before it is
+    released; a stored object that fails raises `IntegrityError`, audited and logged as an alert,
+    and never yields wrong bytes. `still_allowed` is asked before each segment, so a withdrawal
+    of consent stops a stream in flight.
+    """
+    stored = StoredObject.objects.filter(instance=instance, state=StoredObject.State.STORED).first()
+    if stored is None or stored.object_id is None:
+        raise ObjectUnavailable("the instance is not in the encrypted store")
+    if offset < 0 or offset > instance.size_bytes:
+        raise ValueError("offset outside the instance")
+    data_key = existing_study_data_key(instance.study_id)
+    audit_record(
+        action=Action.INSTANCE_READ,
+        request=reader.request,
+        actor_kind=reader.actor_kind,
+        actor_id=reader.actor_id,
+        facility_id=reader.facility_id,
+        target_kind=TargetKind.INSTANCE,
+        target_id=instance.pk,
+        patient_id=instance.study.patient_id,
+        study_id=instance.study_id,
+        purpose=reader.purpose,
+        detail={"offset": offset} if offset else None,
+    )
+    return _plaintext(
+        instance, stored, data_key, reader, offset, still_allowed, store or get_object_store()
+    )
+
+
+def _plaintext(
+    instance: Instance,
+    stored: StoredObject,
+    data_key: DataKey,
+    reader: Reader,
+    offset: int,
+    still_allowed: Callable[[], bool] | None,
+    store: ObjectStore,
+) -> Iterator[bytes]:
+    try:
+        with store.open(stored.name) as head:
+            header = head.read(HEADER_SIZE)
+        decryptor = ObjectDecryptor(
+            header, data_key, expected_object_id=bytes(stored.object_id or b"")
+        )
+        with store.open(stored.name, offset=decryptor.ciphertext_offset(offset)) as body:
+            for chunk in decryptor.decrypt(body, offset=offset):
+                if still_allowed is not None and not still_allowed():
+                    return
+                yield chunk
+    except IntegrityError as exc:
+        logger.critical(
+            "ALERT: stored object of instance %s failed its integrity check (%s)",
+            instance.pk,
+            exc,
+        )
+        audit_record(
+            action=Action.OBJECT_INTEGRITY_FAILED,
+            outcome=Outcome.ERROR,
+            request=reader.request,
+            actor_kind=reader.actor_kind,
+            actor_id=reader.actor_id,
+            facility_id=reader.facility_id,
+            target_kind=TargetKind.INSTANCE,
+            target_id=instance.pk,
+            patient_id=instance.study.patient_id,
+            study_id=instance.study_id,
+            detail={"object": stored.name},
+        )
+        raise
+
+
+# --- Ending: crypto-shred, retention, legal hold ---------------------------------------------
+
+
+@dataclass
+class ShredReport:
+    objects: int
+    objects_left: int  # not deleted now (store down): unreadable, and the orphan sweep's
+
+
+def study_shred(
+    study: Study,
+    *,
+    reason: str,
+    request: HttpRequest | None = None,
+    actor_kind: str = ActorKind.SYSTEM,
+    actor_id: str = "",
+    store: ObjectStore | None = None,
+) -> ShredReport:
+    """Destroy a study's data key and delete its objects and image rows, audited.
+
+    Once the transaction commits nothing of the study can be decrypted, wherever copies of
+    its objects are (backups included); the objects are deleted after that, and any the store
+    does not delete now are left to `remove_orphan_objects`. The study row stays, `shredded`,
+    so the audit log and the patient's history still point at something.
+    """
+    store = store or get_object_store()
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.state == Study.State.SHREDDED:
+            return ShredReport(objects=0, objects_left=0)
+        objects = StoredObject.objects.filter(instance__study=locked)
+        names = list(objects.values_list("name", flat=True))
+        spool_names = list(
+            Instance.objects.filter(study=locked)
+            .exclude(spool_name="")
+            .values_list("spool_name", flat=True)
+        )
+        StudyKey.objects.filter(study=locked).delete()
+        objects.delete()
+        Instance.objects.filter(study=locked).delete()
+        Series.objects.filter(study=locked).delete()
+        Study.objects.filter(pk=locked.pk).update(
+            state=Study.State.SHREDDED,
+            number_of_series=0,
+            number_of_instances=0,
+            number_of_published_instances=0,
+            size_bytes=0,
+            updated_at=timezone.now(),
+        )
+        audit_record(
+            action=Action.STUDY_SHREDDED,
+            request=request,
+            actor_kind=actor_kind,
+            actor_id=actor_id,
+            facility_id=locked.source_facility_id,
+            target_kind=TargetKind.STUDY,
+            target_id=locked.pk,
+            patient_id=locked.patient_id,
+            study_id=locked.pk,
+            detail={"reason": reason, "objects": len(names)},
+        )
+    spool = get_spool()
+    for spool_name in spool_names:  # on another node, that node's spool sweep removes them
+        spool.discard(spool.path_of(spool_name))
+    left = 0
+    for name in names:
+        try:
+            store.delete(name)
+        except StoreUnavailable:
+            left += 1
+    if left:
+        logger.warning("%s objects of a shredded study are left for the orphan sweep", left)
+    return ShredReport(objects=len(names), objects_left=left)
+
+
+def studies_past_retention(today: date) -> Iterator[Study]:
+    return (
+        Study.objects.filter(available_until__lt=today, legal_hold=False)
+        .exclude(state=Study.State.SHREDDED)
+        .order_by("pk")
+        .iterator()
+    )
+
+
+def retention_sweep(*, today: date | None = None) -> int:
+    """Crypto-shred every study past its `available_until` that no legal hold keeps."""
+    today = today or timezone.localdate()
+    shredded = 0
+    for study in studies_past_retention(today):
+        study_shred(study, reason="retention")
+        shredded += 1
+    return shredded
+
+
+def study_set_legal_hold(study: Study, *, held: bool, reason: str, request: HttpRequest) -> None:
+    """Keep a study past its retention date (or stop keeping it), audited with the reason."""
+    updated = Study.objects.filter(pk=study.pk).exclude(legal_hold=held)
+    if not updated.update(legal_hold=held, updated_at=timezone.now()):
+        return
+    study.legal_hold = held
+    audit_record(
+        action=Action.LEGAL_HOLD_CHANGED,
+        request=request,
+        facility_id=study.source_facility_id,
+        target_kind=TargetKind.STUDY,
+        target_id=study.pk,
+        patient_id=study.patient_id,
+        study_id=study.pk,
+        detail={"held": held, "reason": reason[:200]},
+    )

@@ -1,0 +1,50 @@
+"""Staff actions on the encrypted store: a facility admin sets or lifts a study's legal hold.
+
+A held study stays past its retention date (`available_until`) until the hold is lifted; the
+daily retention sweep skips it. The study page (studies) shows the hold and posts here.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+
+from accounts.policies import ROLE, policy
+from facilities.models import Membership, Role
+from sharing.services import study_set_legal_hold
+from studies.models import Study
+
+REASON_MAX_LENGTH = 200
+
+
+@policy(ROLE)
+def legal_hold(request: HttpRequest, study_id: str) -> HttpResponse:
+    # Access first, whatever the method: a stranger learns nothing, not even "POST only".
+    study = (
+        Study.objects.filter(public_id=study_id, source_facility__memberships__user=request.user)
+        .exclude(state=Study.State.SHREDDED)
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study")
+    if not Membership.objects.filter(
+        user=request.user, facility_id=study.source_facility_id, role=Role.FACILITY_ADMIN
+    ).exists():
+        raise PermissionDenied("Only the facility's admins set legal holds")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    held = request.POST.get("held") == "on"
+    reason = request.POST.get("reason", "").strip()
+    if not reason or len(reason) > REASON_MAX_LENGTH:
+        messages.error(request, f"Give the reason in 1 to {REASON_MAX_LENGTH} characters.")
+    else:
+        study_set_legal_hold(study, held=held, reason=reason, request=request)
+        messages.success(
+            request,
+            "The study is kept until the hold is lifted."
+            if held
+            else f"The hold is lifted; the study is kept until {study.available_until:%d %B %Y}.",
+        )
+    return redirect("studies:study", study_id=study.public_id)
