@@ -18,6 +18,8 @@ urlpatterns = [
     path("studies/", include("studies.urls")),
     path("dicomweb/", include("studies.dicomweb_urls")),
     path("sharing/", include("sharing.urls")),
+    path("consent/", include("consent.urls")),
+    path("fhir/", include(("consent.fhir_urls", "fhir"))),
     path("admin/", admin.site.urls),
 ]
 

@@ -95,3 +95,10 @@ def get_study_for_staff(user: User, public_id: str | uuid.UUID) -> Study:
     if study is None:
         raise Http404("No such study")
     return study
+
+
+def get_patient_for_user(user: User) -> Patient | None:
+    """The patient record a signed-in person's account is linked to, if any."""
+    if not user.is_authenticated:
+        return None
+    return Patient.objects.filter(account=user).first()

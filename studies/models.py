@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F
 from django.db.models.functions import Upper
@@ -34,6 +35,14 @@ class Patient(models.Model):
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The patient's own sign-in, linked once their identity was checked at a front desk.
+    account = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="patient",
+    )
 
     class Meta:
         indexes = [models.Index(Upper("name"), F("birth_date"), name="patient_name_birth_idx")]
