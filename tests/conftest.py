@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from mailbox import Maildir
@@ -13,9 +14,17 @@ from django.core.cache import cache
 from accounts.models import User
 from facilities.models import Facility, Role
 from portal.env import email_settings
+from studies.models import Patient
 from studies.spool import Spool, get_spool
 from studies.synthetic import generate_study
-from tests.factories import FacilityFactory, UserFactory, enable_totp, make_staff
+from tests.factories import (
+    FacilityFactory,
+    PatientFactory,
+    PatientIdentifierFactory,
+    UserFactory,
+    enable_totp,
+    make_staff,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +82,14 @@ def patient(db) -> User:
 @pytest.fixture
 def other_patient(db) -> User:
     return UserFactory(email="olive@example.org", first_name="Olive", last_name="Roe")
+
+
+@pytest.fixture
+def patient_record(patient, origin) -> Patient:
+    """The `patient` user's own record at `origin`, linked to their account."""
+    record = PatientFactory(name="DOE^PAT", birth_date=datetime.date(1978, 4, 12), account=patient)
+    PatientIdentifierFactory(patient=record, facility=origin, issuer="RGH", value="RGH-0042")
+    return record
 
 
 @pytest.fixture
