@@ -1,4 +1,7 @@
-"""Staff actions on the encrypted store: a facility admin sets or lifts a study's legal hold.
+"""Pages over the encrypted store: study thumbnails, and a facility admin's legal holds.
+
+Thumbnails are decrypted and rendered per request, for whoever `consent.decision.decide`
+allows (the patient, the originating facility's staff, a facility the patient granted).
 
 A held study stays past its retention date (`available_until`) until the hold is lifted; the
 daily retention sweep skips it. The study page (studies) shows the hold and posts here.
@@ -10,11 +13,19 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
+from django.utils import timezone
+from django.views.decorators.http import require_GET
 
-from accounts.policies import ROLE, policy
+from accounts.models import User
+from accounts.policies import LOGIN, ROLE, policy
+from audit.codes import Action, ActorKind, Outcome, PurposeOfUse, TargetKind
+from audit.services import audit_record
+from consent.decision import FacilityActor, PatientActor, decide
 from facilities.models import Membership, Role
-from sharing.services import study_set_legal_hold
-from studies.models import Study
+from sharing.services import Reader, read_instance, study_set_legal_hold
+from studies.access import get_patient_for_user
+from studies.models import Instance, Series, Study
+from studies.rendering import THUMBNAIL_SIZE, RenderError, render_frame
 
 REASON_MAX_LENGTH = 200
 
@@ -48,3 +59,68 @@ def legal_hold(request: HttpRequest, study_id: str) -> HttpResponse:
             else f"The hold is lifted; the study is kept until {study.available_until:%d %B %Y}.",
         )
     return redirect("studies:study", study_id=study.public_id)
+
+
+# Bigger instances (long multi-frame cines) are not worth decrypting whole for 128 pixels.
+THUMBNAIL_SOURCE_MAX_BYTES = 64 * 1024**2
+
+
+@policy(LOGIN)
+@require_GET
+def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
+    study = Study.objects.filter(public_id=study_id).first()
+    if study is None:
+        raise Http404("No such study")
+    user: User = request.user  # type: ignore[assignment]
+    allowed = allowed_reader(user, study, request)
+    if allowed is None:
+        audit_record(action=Action.INSTANCE_READ, outcome=Outcome.DENIED, request=request,
+                     target_kind=TargetKind.STUDY, target_id=study.pk, study_id=study.pk,
+                     patient_id=study.patient_id)  # fmt: skip
+        raise Http404("No such study")
+    instance = representative_instance(study)
+    if instance is None:
+        raise Http404("No image to show yet")
+    plaintext = b"".join(read_instance(instance, allowed))
+    try:
+        png = render_frame(plaintext, size=THUMBNAIL_SIZE)
+    except RenderError:
+        raise Http404("No image to show") from None
+    response = HttpResponse(png, content_type="image/png")
+    # Only this browser may keep it, briefly: it is a picture of the patient.
+    response["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+def allowed_reader(user: User, study: Study, request: HttpRequest) -> Reader | None:
+    """The first way this person may read the study: as its patient, or for one of their
+    facilities (for treatment); None when none is allowed."""
+    now = timezone.now()
+    patient = get_patient_for_user(user)
+    if patient is not None and decide(
+        PatientActor(patient.pk), study, PurposeOfUse.PATIENT_REQUEST, now
+    ):
+        return Reader(ActorKind.USER, user.pk, request, purpose=PurposeOfUse.PATIENT_REQUEST)
+    for facility_id in Membership.objects.filter(user=user).values_list("facility_id", flat=True):
+        if decide(FacilityActor(facility_id), study, PurposeOfUse.TREATMENT, now):
+            return Reader(ActorKind.USER, user.pk, request, facility_id, PurposeOfUse.TREATMENT)
+    return None
+
+
+def representative_instance(study: Study) -> Instance | None:
+    """The middle image of the study's first series of images, once published."""
+    series = (
+        Series.objects.filter(study=study, instances__rows__isnull=False)
+        .order_by("series_number", "pk")
+        .first()
+    )
+    if series is None:
+        return None
+    images = Instance.objects.filter(
+        series=series,
+        rows__isnull=False,
+        state=Instance.State.PUBLISHED,
+        size_bytes__lte=THUMBNAIL_SOURCE_MAX_BYTES,
+    ).order_by("instance_number", "pk")
+    count = images.count()
+    return images.select_related("study")[count // 2] if count else None
