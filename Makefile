@@ -10,7 +10,7 @@ EMBEDDED := DJANGO_DEBUG=true
 # mypy with django-stubs on the modules CONVENTIONS.md names, and the other security code.
 TYPED_MODULES := $(filter-out bench/%,$(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py)) \
 	portal/env.py sharing/store.py audit/chain.py accounts/sealing.py studies/spool.py \
-	studies/scp.py studies/dicomweb.py studies/media.py
+	studies/scp.py studies/dicomweb.py studies/media.py sharing/keys.py sharing/tasks.py
 
 .PHONY: help install run test system-packages lint format typecheck migrations-check clean
 
@@ -77,6 +77,11 @@ bench-ingest: install system-packages
 
 bench-crypto: install
 	$(BIN)/python bench/crypto.py
+
+# Publishing (spool -> encrypted objects in SeaweedFS) with one real Celery worker, vs ingest.
+.PHONY: bench-publish
+bench-publish: install
+	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.publish
 
 .PHONY: stack-up stack-down
 stack-up: install

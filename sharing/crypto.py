@@ -70,7 +70,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, Protocol
@@ -479,33 +479,29 @@ class ObjectEncryptor:
     def reader(self, plaintext: IO[bytes]) -> BinaryIO:
         """The object as a readable, non-seekable binary stream, for `ObjectStore.put`."""
         self._claim()
-        return io.BufferedReader(_ChunkReader(self._encrypted_chunks(plaintext)))
+        return io.BufferedReader(_EncryptingReader(self, self._segments(plaintext)))
 
     def _claim(self) -> None:
         if self._used:
             raise RuntimeError("an ObjectEncryptor encrypts one plaintext only")
         self._used = True
 
+    def _segments(self, plaintext: IO[bytes]) -> Iterator[_Segment]:
+        """Each segment's plaintext with its nonce and associated data, in order."""
+        header = self.header
+        for index, (piece, is_last) in enumerate(_pieces(plaintext, self.segment_size)):
+            if index >= MAX_SEGMENTS:
+                piece.release()
+                raise ValueError("the plaintext is too large for one object")
+            yield _segment_nonce(index), piece, _segment_aad(header, index, is_last)
+
     def _encrypted_chunks(self, plaintext: IO[bytes]) -> Iterator[bytes]:
         yield self.header
-        segment_size = self.segment_size
-        # One byte more than a segment: whether it arrives tells if this segment is the last.
-        buffer = memoryview(bytearray(segment_size + 1))
-        available = _fill(plaintext, buffer)
-        index = 0
-        while True:
-            is_last = available <= segment_size
-            length = available if is_last else segment_size
-            if index >= MAX_SEGMENTS:
-                raise ValueError("the plaintext is too large for one object")
-            yield self._aead.encrypt(
-                _segment_nonce(index), buffer[:length], _segment_aad(self.header, index, is_last)
-            )
-            if is_last:
-                return
-            buffer[0] = buffer[segment_size]
-            available = 1 + _fill(plaintext, buffer[1:])
-            index += 1
+        encrypt = self._aead.encrypt
+        for nonce, piece, aad in self._segments(plaintext):
+            with piece:  # let go of the plaintext before the chunk leaves
+                sealed = encrypt(nonce, piece, aad)
+            yield sealed
 
 
 class ObjectDecryptor:
@@ -592,22 +588,19 @@ class ObjectDecryptor:
         index = self._first_segment(offset)
         skip = offset - index * segment_size
         remaining = length
-        # One byte more than a sealed segment: whether it arrives tells if this one is the last.
-        buffer = memoryview(bytearray(sealed_size + 1))
-        available = _fill(body, buffer)
-        while True:
-            is_last = available <= sealed_size
-            sealed_length = available if is_last else sealed_size
-            if sealed_length < TAG_BYTES or index >= MAX_SEGMENTS:
-                raise IntegrityError("the object is truncated")
-            try:
-                segment = self._aead.decrypt(
-                    _segment_nonce(index),
-                    buffer[:sealed_length],
-                    _segment_aad(self.header, index, is_last),
-                )
-            except InvalidTag:
-                raise IntegrityError(f"segment {index} of the object fails verification") from None
+        decrypt = self._aead.decrypt
+        for piece, is_last in _pieces(body, sealed_size):
+            with piece:
+                if len(piece) < TAG_BYTES or index >= MAX_SEGMENTS:
+                    raise IntegrityError("the object is truncated")
+                try:
+                    segment = decrypt(
+                        _segment_nonce(index), piece, _segment_aad(self.header, index, is_last)
+                    )
+                except InvalidTag:
+                    raise IntegrityError(
+                        f"segment {index} of the object fails verification"
+                    ) from None
             if skip or remaining is not None:
                 end = None if remaining is None else skip + remaining
                 segment = segment[skip:end]
@@ -618,10 +611,6 @@ class ObjectDecryptor:
                 remaining -= len(segment)
                 if remaining == 0:
                     return
-            if is_last:
-                return
-            buffer[0] = buffer[sealed_size]
-            available = 1 + _fill(body, buffer[1:])
             index += 1
 
 
@@ -695,38 +684,110 @@ def _fill(stream: IO[bytes], buffer: memoryview) -> int:
     Streams may return short reads (pipes, sockets, S3 bodies) before their end; only an empty
     read means the end.
     """
-    filled = 0
+    filled, size = 0, len(buffer)
     readinto = getattr(stream, "readinto", None)
-    while filled < len(buffer):
-        if readinto is not None:
-            count = readinto(buffer[filled:]) or 0
-        else:
-            data = stream.read(len(buffer) - filled)
-            count = len(data)
-            buffer[filled : filled + count] = data
+    if readinto is not None:
+        while filled < size:
+            count = readinto(buffer[filled:] if filled else buffer)
+            if not count:
+                break
+            filled += count
+        return filled
+    while filled < size:
+        data = stream.read(size - filled)
+        count = len(data)
         if not count:
             break
+        buffer[filled : filled + count] = data
         filled += count
     return filled
 
 
-class _ChunkReader(io.RawIOBase):
-    """A raw binary stream over an iterator of chunks (the object, for `ObjectStore.put`)."""
+def _pieces(stream: IO[bytes], size: int) -> Iterator[tuple[memoryview, bool]]:
+    """The stream, from where it is to its end, in pieces of `size` bytes, each with whether it
+    is the last. Every piece is full but the last, which is empty only for an empty stream.
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._pending = memoryview(b"")
+    One byte more than a piece is read ahead: whether it arrives tells if a piece is the last.
+    A piece is a view that is only good until the next one is asked for (its memory is reused);
+    the consumer may release it as soon as it is done with it.
+    """
+    if type(stream) is io.BytesIO:
+        yield from _pieces_in_memory(stream, size)
+        return
+    buffer = memoryview(bytearray(size + 1))
+    available = _fill(stream, buffer)
+    rest = buffer[1:]
+    while True:
+        is_last = available <= size
+        yield buffer[: available if is_last else size], is_last
+        if is_last:
+            return
+        buffer[0] = buffer[size]
+        available = 1 + _fill(stream, rest)
+
+
+def _pieces_in_memory(stream: io.BytesIO, size: int) -> Iterator[tuple[memoryview, bool]]:
+    """`_pieces` of an in-memory stream: views of the bytes it holds, not copies of them.
+
+    `getvalue()` hands out the stream's own bytes object without copying it (a later write to
+    the stream copies it first, as bytes are immutable), so nothing is exported from the stream
+    and it stays writable. The stream's position moves past each piece as a read would move
+    it. The bytes are taken once, and again where they may end, so that bytes appended in the
+    meantime are read too (a stream whose buffer someone holds exported copies them on each
+    `getvalue()`: twice, not once per piece).
+    """
+    held = stream.getvalue()
+    while True:
+        position = stream.tell()
+        if position + size >= len(held):  # this may be the last piece: has the stream grown?
+            held = stream.getvalue()
+        available = max(len(held) - position, 0)
+        is_last = available <= size
+        length = available if is_last else size
+        with memoryview(held) as view:
+            piece = view[position : position + length]
+        stream.seek(position + length)
+        try:
+            yield piece, is_last
+        finally:
+            piece.release()
+        if is_last:
+            return
+
+
+# (nonce, plaintext, associated data) of one segment.
+_Segment = tuple[bytes, memoryview, bytes]
+
+
+class _EncryptingReader(io.RawIOBase):
+    """The object as a raw binary stream, for `ObjectStore.put`: the header, then each segment
+    encrypted straight into the reader's buffer when it fits there, else into one buffer that
+    is reused for every segment, and copied out of it from there."""
+
+    def __init__(self, encryptor: ObjectEncryptor, segments: Iterator[_Segment]) -> None:
+        self._encrypt_into = encryptor._aead.encrypt_into
+        self._segments = segments
+        self._pending = memoryview(encryptor.header)  # produced, not yet read
+        self._spare = memoryview(bytearray(encryptor.segment_size + TAG_BYTES))
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
         target = memoryview(buffer).cast("B")
+        if not target:
+            return 0
+        if not self._pending:
+            segment = next(self._segments, None)
+            if segment is None:
+                return 0
+            nonce, piece, aad = segment
+            sealed_size = len(piece) + TAG_BYTES
+            with piece:
+                if sealed_size <= len(target):
+                    return self._encrypt_into(nonce, piece, aad, target[:sealed_size])
+                self._encrypt_into(nonce, piece, aad, self._spare[:sealed_size])
+            self._pending = self._spare[:sealed_size]
         count = min(len(target), len(self._pending))
         target[:count] = self._pending[:count]
         self._pending = self._pending[count:]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
+from django.db import models, transaction
 
+from consent.models import SignedAuthorization
 from sharing.crypto import (
     DataKey,
     KeyProvider,
@@ -96,11 +97,35 @@ def add_key_version() -> str:
     return kek_id
 
 
+@dataclass(frozen=True)
+class WrappedKeyColumn:
+    """Where data keys rest wrapped: a model and its (KEK id, wrapped key) fields."""
+
+    model: type[models.Model]
+    kek_field: str
+    key_field: str
+
+    def not_under(self, kek_id: str) -> models.QuerySet[models.Model]:
+        # A blank KEK id means no key in this column (an authorization without a scan).
+        return self.model._default_manager.exclude(**{self.kek_field: kek_id}).exclude(
+            **{self.kek_field: ""}
+        )
+
+
+# Every data key the keyring wraps: studies' keys, and the documents of signed authorizations.
+WRAPPED_KEY_COLUMNS = (
+    WrappedKeyColumn(StudyKey, "kek_id", "wrapped_key"),
+    WrappedKeyColumn(SignedAuthorization, "pdf_kek_id", "pdf_wrapped_key"),
+    WrappedKeyColumn(SignedAuthorization, "scan_kek_id", "scan_wrapped_key"),
+)
+
+
 def keys_not_under_current_kek() -> int:
-    return StudyKey.objects.exclude(kek_id=get_keyring().current_kek_id()).count()
+    current = get_keyring().current_kek_id()
+    return sum(column.not_under(current).count() for column in WRAPPED_KEY_COLUMNS)
 
 
-def rewrap_study_keys(*, chunk: int = 500) -> Iterator[int]:
+def rewrap_data_keys(*, chunk: int = 500) -> Iterator[int]:
     """Re-wrap every data key still under an older KEK; yields how many after each chunk.
 
     Each chunk commits on its own, so an interrupted run leaves every key usable (under its old
@@ -108,22 +133,28 @@ def rewrap_study_keys(*, chunk: int = 500) -> Iterator[int]:
     """
     keyring = get_keyring()
     current = keyring.current_kek_id()
-    while True:
-        with transaction.atomic():
-            keys = list(
-                StudyKey.objects.select_for_update(skip_locked=True)
-                .exclude(kek_id=current)
-                .order_by("pk")[:chunk]
-            )
-            if not keys:
-                return
-            now = timezone.now()
-            for stored in keys:
-                rewrapped = rewrap_data_key(keyring, _wrapped(stored))
-                stored.kek_id, stored.wrapped_key = rewrapped.kek_id, rewrapped.wrapped_key
-                stored.rewrapped_at = now
-            StudyKey.objects.bulk_update(keys, ["kek_id", "wrapped_key", "rewrapped_at"])
-        yield len(keys)
+    for column in WRAPPED_KEY_COLUMNS:
+        while True:
+            with transaction.atomic():
+                rows = list(
+                    column.not_under(current)
+                    .select_for_update(skip_locked=True)
+                    .order_by("pk")[:chunk]
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    wrapped = WrappedDataKey(
+                        kek_id=getattr(row, column.kek_field),
+                        wrapped_key=bytes(getattr(row, column.key_field)),
+                    )
+                    rewrapped = rewrap_data_key(keyring, wrapped)
+                    setattr(row, column.kek_field, rewrapped.kek_id)
+                    setattr(row, column.key_field, rewrapped.wrapped_key)
+                column.model._default_manager.bulk_update(
+                    rows, [column.kek_field, column.key_field]
+                )
+            yield len(rows)
 
 
 def _wrapped(stored: StudyKey) -> WrappedDataKey:

@@ -20,7 +20,6 @@ class StudyKey(models.Model):
     kek_id = models.CharField(max_length=64)
     wrapped_key = models.BinaryField()
     created_at = models.DateTimeField(auto_now_add=True)
-    rewrapped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         # Key rotation walks the keys still under an old KEK.

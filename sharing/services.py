@@ -29,12 +29,13 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.codes import Action, ActorKind, Outcome, TargetKind
 from audit.services import audit_record
+from consent.models import SignedAuthorization
 from sharing.crypto import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_SIZE,
@@ -45,6 +46,7 @@ from sharing.crypto import (
     ciphertext_size,
     decrypt_stream,
 )
+from sharing.documents import DOCUMENT_KIND
 from sharing.keys import existing_study_data_key, study_data_key
 from sharing.models import StoredObject, StudyKey
 from sharing.store import ObjectStore, StoreUnavailable, get_object_store
@@ -94,9 +96,13 @@ def publish_spooled(
     claim_token: str | None = None,
     batch_size: int | None = None,
     store: ObjectStore | None = None,
+    on_full_batch: Callable[[], None] | None = None,
 ) -> PublishReport:
     """Publish one batch of `node`'s spooled instances: this token's unfinished claims first,
-    then new ones. Raises StoreUnavailable (after letting go of what it could) for a retry."""
+    then new ones. Raises StoreUnavailable (after letting go of what it could) for a retry.
+
+    `on_full_batch` is called once a full batch is claimed, before any of it is published: the
+    task queues the next batch there, so a backlog keeps every worker process busy."""
     token = claim_token or uuid.uuid4().hex
     size = batch_size or settings.PUBLISH_BATCH_SIZE
     store = store or get_object_store()
@@ -104,6 +110,8 @@ def publish_spooled(
     if len(claims) < size:
         claims += _claim(node, token, size - len(claims))
     report = PublishReport(more=len(claims) >= size)
+    if report.more and on_full_batch is not None:
+        on_full_batch()
     data_keys: dict[int, DataKey] = {}
     try:
         for position, claim in enumerate(claims):
@@ -180,7 +188,7 @@ def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey
     with path.open("rb") as plaintext:
         store.put(stored.name, encryptor.reader(plaintext))
     expected_size = ciphertext_size(instance.size_bytes, segment_size=stored.segment_size)
-    _verify(store, stored.name, data_key, encryptor.object_id, instance, expected_size)
+    _verify(store, stored.name, data_key, encryptor.object_id, instance)
 
     with transaction.atomic():
         finished = StoredObject.objects.filter(
@@ -219,20 +227,19 @@ def _verify(
     data_key: DataKey,
     object_id: bytes,
     instance: Instance,
-    expected_size: int,
 ) -> None:
-    """Read the object back: it must have the size its plaintext gives and decrypt to exactly
-    the bytes received (the SHA-256 recorded at ingest)."""
-    if store.size(name) != expected_size:
-        raise PublishFailed("the stored object has the wrong size")
-    digest = hashlib.sha256()
+    """Read the object back: it must decrypt to exactly the bytes received (their size and the
+    SHA-256 recorded at ingest). Decryption authenticates every segment and the object's end,
+    so a plaintext of the right size also proves the object has the size it should."""
+    digest, size = hashlib.sha256(), 0
     try:
         with store.open(name) as body:
             for chunk in decrypt_stream(body, data_key, expected_object_id=object_id):
                 digest.update(chunk)
+                size += len(chunk)
     except IntegrityError as exc:
         raise PublishFailed(f"the stored object does not decrypt: {exc}") from exc
-    if digest.hexdigest() != instance.sha256:
+    if size != instance.size_bytes or digest.hexdigest() != instance.sha256:
         raise PublishFailed("the stored object does not decrypt to the instance received")
 
 
@@ -262,8 +269,10 @@ def _release_claim(stored: StoredObject) -> int:
     return int(bool(deleted))
 
 
-def _settle_studies(study_ids: Iterable[int]) -> None:
-    """Move each study to `available` once nothing of it waits, auditing that moment."""
+def _settle_studies(study_ids: Iterable[int]) -> int:
+    """Move each study to `available` once nothing of it waits, auditing that moment; returns
+    how many studies changed state."""
+    changed = 0
     for study_id in sorted(study_ids):
         with transaction.atomic():
             # The row lock orders this after any ingest transaction still adding to the study.
@@ -278,6 +287,7 @@ def _settle_studies(study_ids: Iterable[int]) -> None:
             state = Study.State.PUBLISHING if waiting else Study.State.AVAILABLE
             if state == study.state:
                 continue
+            changed += 1
             Study.objects.filter(pk=study_id).update(state=state, updated_at=timezone.now())
             if state == Study.State.AVAILABLE:
                 audit_record(
@@ -290,6 +300,7 @@ def _settle_studies(study_ids: Iterable[int]) -> None:
                     study_id=study.pk,
                     detail={"instances": study.number_of_published_instances},
                 )
+    return changed
 
 
 # --- The sweeper ------------------------------------------------------------------------------
@@ -300,7 +311,7 @@ class PublishSweepReport:
     released: int = 0
     # Nodes with instances waiting and no task: their queues get a task.
     nodes_to_kick: set[str] = field(default_factory=set)
-    orphans_removed: int = 0
+    studies_settled: int = 0
 
 
 def publish_sweep(
@@ -334,21 +345,52 @@ def publish_sweep(
         .values_list("spool_node", flat=True)
         .distinct()
     )
+    # A task that died between publishing a study's last instance and settling the study
+    # leaves it `publishing` with nothing left to publish.
+    unsettled = Study.objects.filter(
+        state=Study.State.PUBLISHING, updated_at__lte=now - waiting_for
+    ).exclude(
+        Exists(
+            Instance.objects.filter(study=OuterRef("pk")).exclude(state=Instance.State.PUBLISHED)
+        )
+    )
+    report.studies_settled = _settle_studies(unsettled.values_list("pk", flat=True))
     return report
 
 
+# Documents (signed authorizations) are written inside the transaction that records them, so a
+# just-written one has no committed row yet: only objects older than this can be orphans.
+ORPHAN_GRACE = timedelta(hours=1)
+
+
 def remove_orphan_objects(*, store: ObjectStore | None = None) -> int:
-    """Delete instance objects that no row names (left by a shred or a release whose delete
-    failed). Rows are written before their objects, so an object without one is never in use."""
+    """Delete objects that no row names: instances left by a shred or by a release whose
+    delete failed, documents of a capture that failed while the store was down."""
     store = store or get_object_store()
-    listed = list(store.names(OBJECT_KIND))
-    known = set(StoredObject.objects.filter(name__in=listed).values_list("name", flat=True))
+    cutoff = timezone.now() - ORPHAN_GRACE
     removed = 0
-    for name in listed:
-        if name not in known:
-            store.delete(name)
-            removed += 1
+    for kind, known_names in (
+        (OBJECT_KIND, _instance_object_names),
+        (DOCUMENT_KIND, _document_object_names),
+    ):
+        listed = list(store.names(kind))
+        known = known_names(listed)
+        for name in listed:
+            if name not in known and store.modified_at(name) < cutoff:
+                store.delete(name)
+                removed += 1
     return removed
+
+
+def _instance_object_names(names: list[str]) -> set[str]:
+    return set(StoredObject.objects.filter(name__in=names).values_list("name", flat=True))
+
+
+def _document_object_names(names: list[str]) -> set[str]:
+    rows = SignedAuthorization.objects.filter(
+        Q(pdf_object_name__in=names) | Q(scan_object_name__in=names)
+    ).values_list("pdf_object_name", "scan_object_name")
+    return {name for pair in rows for name in pair if name}
 
 
 # --- Reading ----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -61,15 +62,10 @@ class ObjectStore:
                 raise StoreUnavailable("the object store renamed an object")
 
     def size(self, name: str) -> int:
-        try:
-            with _unavailable_on_failure():
-                return int(self.storage.size(name))
-        except FileNotFoundError:
-            raise ObjectMissing(name) from None
-        except StoreUnavailable as exc:
-            if _is_s3_not_found(exc.__cause__):
-                raise ObjectMissing(name) from None
-            raise
+        return int(self._stat(name, self.storage.size))
+
+    def modified_at(self, name: str) -> datetime:
+        return self._stat(name, self.storage.get_modified_time)
 
     def exists(self, name: str) -> bool:
         with _unavailable_on_failure():
@@ -88,6 +84,17 @@ class ObjectStore:
                 _, files = self.storage.listdir(f"{kind}/{prefix}")
                 for file_name in files:
                     yield f"{kind}/{prefix}/{file_name}"
+
+    def _stat(self, name: str, read: Callable[[str], Any]) -> Any:
+        try:
+            with _unavailable_on_failure():
+                return read(name)
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+        except StoreUnavailable as exc:
+            if _is_s3_not_found(exc.__cause__):
+                raise ObjectMissing(name) from None
+            raise
 
     @contextmanager
     def open(self, name: str, *, offset: int = 0) -> Iterator[BinaryIO]:

@@ -46,8 +46,17 @@ def publish_spooled_task(self: Task, node: str) -> dict[str, int]:
         cache.delete(_pending_key(node))
     except Exception:
         logger.warning("Could not clear the publish marker", exc_info=True)
+
+    def queue_next_batch() -> None:
+        try:
+            request_publish(node, force=True)
+        except Exception:  # the broker is down: the sweeper requeues what waits
+            logger.warning("Could not queue the next publish batch", exc_info=True)
+
+    # In-process (make run) the next batch would run inside this one: it follows it instead.
+    parallel = None if self.request.is_eager else queue_next_batch
     try:
-        report = publish_spooled(node, claim_token=self.request.id)
+        report = publish_spooled(node, claim_token=self.request.id, on_full_batch=parallel)
     except (StoreUnavailable, DatabaseError) as exc:
         if self.request.is_eager:  # in-process (make run): the next instance or a sweep retries
             logger.warning("Publishing stopped: %s", type(exc).__name__)
@@ -57,11 +66,8 @@ def publish_spooled_task(self: Task, node: str) -> dict[str, int]:
         delay = min(2**self.request.retries, settings.PUBLISH_RETRY_MAX_SECONDS)
         logger.warning("Publishing paused (%s); retrying in %s s", type(exc).__name__, delay)
         raise self.retry(exc=exc, countdown=delay * random.uniform(0.8, 1.2)) from exc  # noqa: S311
-    if report.more:
-        try:
-            request_publish(node, force=True)
-        except Exception:  # the broker is down: the sweeper requeues what waits
-            logger.warning("Could not queue the next publish batch", exc_info=True)
+    if report.more and self.request.is_eager:
+        queue_next_batch()
     return {"published": report.published, "released": report.released}
 
 

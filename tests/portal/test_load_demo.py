@@ -20,6 +20,7 @@ def test_it_loads_demo_people_and_studies_once(db, settings, spool):
     assert Study.objects.count() == 5
     assert Instance.objects.count() == 64
     assert Patient.objects.count() == 1
+    assert Patient.objects.get().account == User.objects.get(email="patient@example.org")
     waiting = Study.objects.get(match=Study.Match.PENDING)
     assert waiting.candidate_patient == Patient.objects.get()
     assert {s.modalities_in_study for s in Study.objects.all()} == {"CT", "MR", "CR", "US"}

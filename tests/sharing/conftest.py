@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from audit.codes import ActorKind
+from sharing.documents import DOCUMENT_KIND
 from sharing.services import OBJECT_KIND
 from sharing.store import ObjectStore, get_object_store
 from studies.models import Study
@@ -49,9 +50,10 @@ def received_study(synthetic_study, pacs) -> Callable[..., Study]:
 
 @pytest.fixture
 def store(stack_env) -> ObjectStore:
-    """The session's bucket, without the instance objects earlier tests left in it."""
+    """The session's bucket, without the objects earlier tests left in it."""
     stack_env["S3_BUCKET"]
     store = get_object_store()
-    for name in list(store.names(OBJECT_KIND)):
-        store.delete(name)
+    for kind in (OBJECT_KIND, DOCUMENT_KIND):
+        for name in list(store.names(kind)):
+            store.delete(name)
     return store

@@ -20,7 +20,7 @@ from audit.codes import Action, ActorKind
 from audit.models import AuditEvent
 from sharing import services
 from sharing.crypto import IntegrityError, KeyringError, LocalKeyring
-from sharing.keys import add_key_version, get_keyring, rewrap_study_keys
+from sharing.keys import add_key_version, get_keyring, rewrap_data_keys
 from sharing.models import StoredObject, StudyKey
 from sharing.services import (
     ObjectUnavailable,
@@ -248,13 +248,17 @@ def test_the_sweeper_names_nodes_whose_instances_wait_with_no_task(received_stud
     assert publish_sweep(waiting_for=timedelta(0), store=store).nodes_to_kick == {NODE}
 
 
-def test_orphan_objects_are_removed_and_recorded_ones_kept(received_study, store) -> None:
+def test_orphan_objects_are_removed_and_recorded_ones_kept(
+    received_study, store, monkeypatch
+) -> None:
     import io
 
     received_study(instances=1)
     publish_spooled(NODE, store=store)
     orphan = ObjectStore.new_name(services.OBJECT_KIND)
     store.put(orphan, io.BytesIO(b"left by a crash"))
+    assert remove_orphan_objects(store=store) == 0, "too fresh: its row may not be committed"
+    monkeypatch.setattr(services, "ORPHAN_GRACE", timedelta(0))
     assert remove_orphan_objects(store=store) == 1
     assert stored_names(store) == set(StoredObject.objects.values_list("name", flat=True))
 
@@ -363,7 +367,7 @@ def test_an_interrupted_rotation_resumes_without_adding_a_version(
     publish_spooled(NODE, store=store)
     # What a run that dies after its first chunk leaves: a new version, one key moved to it.
     assert add_key_version() == "v2"
-    next(rewrap_study_keys(chunk=1))
+    next(rewrap_data_keys(chunk=1))
     assert StudyKey.objects.filter(kek_id="v2").count() == 1
 
     call_command("rotate_kek")
@@ -439,3 +443,34 @@ def test_the_sweeper_queues_a_task_even_when_one_seems_pending(received_study, b
     Instance.objects.update(received_at=timezone.now() - timedelta(hours=1))
     publish_sweep_task()
     assert client.llen(queue) == 2
+
+
+def test_the_sweeper_settles_a_study_whose_task_died_before_settling_it(
+    received_study, store, monkeypatch
+) -> None:
+    study = received_study(instances=2)
+    monkeypatch.setattr(services, "_settle_studies", lambda ids: 0)  # the task dies right there
+    assert publish_spooled(NODE, store=store).published == 2
+    monkeypatch.undo()
+    study.refresh_from_db()
+    assert study.state == Study.State.PUBLISHING
+
+    assert publish_sweep(store=store).studies_settled == 0  # a task may still be settling it
+    report = publish_sweep(waiting_for=timedelta(0), store=store)
+
+    assert report.studies_settled == 1
+    study.refresh_from_db()
+    assert study.state == Study.State.AVAILABLE
+    assert AuditEvent.objects.filter(action=Action.STUDY_PUBLISHED, study_id=study.pk).count() == 1
+
+
+def test_a_full_batch_asks_for_the_next_one_before_publishing(received_study, store) -> None:
+    received_study(instances=3)
+    published_when_asked: list[int] = []
+
+    def next_batch() -> None:
+        published_when_asked.append(Instance.objects.filter(state="published").count())
+
+    publish_spooled(NODE, batch_size=2, store=store, on_full_batch=next_batch)
+    publish_spooled(NODE, batch_size=2, store=store, on_full_batch=next_batch)
+    assert published_when_asked == [0], "asked once, for the full batch, before publishing"

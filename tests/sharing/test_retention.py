@@ -100,6 +100,7 @@ def test_a_shred_with_the_store_down_still_destroys_the_key(published_study, sto
     assert report.objects_left == 3
     assert not StudyKey.objects.exists()
     monkeypatch.undo()
+    monkeypatch.setattr(services, "ORPHAN_GRACE", timedelta(0))
     assert services.remove_orphan_objects(store=store) == 3
 
 
