@@ -88,9 +88,22 @@ class Action(models.TextChoices):
     STUDY_SPLIT = "study.split", "Study split off to a new patient record"
     STUDY_HELD = "study.held", "Study marked as not this patient"
     STUDY_VIEWED = "study.viewed", "Study details opened"
+    # Patients joining by invitation, and opening their own records
+    PATIENT_IDENTITY_VERIFIED = "patient.identity_verified", "Patient's identity checked"
+    PATIENT_INVITED = "patient.invited", "Patient invited to see their records"
+    PATIENT_INVITATION_ACCEPTED = "patient.invitation_accepted", "Patient invitation accepted"
+    PATIENT_INVITATION_REFUSED = "patient.invitation_refused", "Patient invitation link refused"
+    PATIENT_ACCOUNT_LINKED = "patient.account_linked", "Account linked to a patient record"
+    PATIENT_RECORDS_MERGED = "patient.records_merged", "Patient records of one person merged"
+    PATIENT_STUDIES_LISTED = "patient.studies_listed", "Patient opened their study list"
     # Consent
     GRANT_CREATED = "consent.granted", "Consent given"
     GRANT_WITHDRAWN = "consent.withdrawn", "Consent withdrawn"
+    CONSENT_EXPORTED = "consent.fhir_exported", "Consents exported as FHIR"
+    AUTHORIZATION_SIGNED = "consent.authorization_signed", "Signed authorization captured"
+    AUTHORIZATION_REFUSED = "consent.authorization_refused", "Signed authorization refused"
+    AUTHORIZATION_DOWNLOADED = "consent.authorization_read", "Signed authorization downloaded"
+    CONSENT_PAGE_VIEWED = "consent.page_viewed", "Consent page opened"
     # The encrypted store
     STUDY_PUBLISHED = "study.published", "Images stored encrypted and made available"
     INSTANCE_READ = "instance.read", "Image opened"
@@ -133,8 +146,20 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.STUDY_SPLIT: "110110",
     Action.STUDY_HELD: "110110",
     Action.STUDY_VIEWED: "110103",
+    Action.PATIENT_IDENTITY_VERIFIED: "110110",
+    Action.PATIENT_INVITED: "110136",
+    Action.PATIENT_INVITATION_ACCEPTED: "110136",
+    Action.PATIENT_INVITATION_REFUSED: "110113",
+    Action.PATIENT_ACCOUNT_LINKED: "110136",
+    Action.PATIENT_RECORDS_MERGED: "110110",
+    Action.PATIENT_STUDIES_LISTED: "110110",
     Action.GRANT_CREATED: "110110",
     Action.GRANT_WITHDRAWN: "110110",
+    Action.CONSENT_EXPORTED: "110106",
+    Action.AUTHORIZATION_SIGNED: "110110",
+    Action.AUTHORIZATION_REFUSED: "110110",
+    Action.AUTHORIZATION_DOWNLOADED: "110106",
+    Action.CONSENT_PAGE_VIEWED: "110110",
     Action.STUDY_PUBLISHED: "110104",
     Action.INSTANCE_READ: "110103",
     Action.OBJECT_INTEGRITY_FAILED: "110113",

@@ -1,3 +1,10 @@
-from django.urls import URLPattern
+"""FHIR R4 REST endpoints (mounted at `fhir/` in namespace "fhir"): the consent export."""
 
-urlpatterns: list[URLPattern] = []
+from django.urls import path
+
+from consent import fhir_views
+
+urlpatterns = [
+    path("Consent", fhir_views.consent_search, name="consent-search"),
+    path("Consent/<str:consent_id>", fhir_views.consent_read, name="consent-read"),
+]

@@ -33,6 +33,61 @@ class Purpose(models.TextChoices):
 DEIDENTIFIED_PURPOSES = frozenset({Purpose.RESEARCH, Purpose.EDUCATION})
 
 
+class SignedAuthorization(models.Model):
+    """A patient's signed authorization, captured at a facility's front desk and witnessed by
+    its staff: the grants it gave point at it.
+
+    The document itself (a PDF with the signature, the witness, the time and the SHA-256 of its
+    content) rests encrypted in the object store under a data key of its own; this row records
+    where and how to open it (consent/documents.py). A paper form's scan that is a PDF is stored
+    beside it as a second document (`scan_*`); a scanned image is printed inside the PDF.
+    """
+
+    class Method(models.TextChoices):
+        DRAWN = "drawn", "Signed on screen"
+        PAPER = "paper", "Signed on paper (scan attached)"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="authorizations")
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="authorizations")
+    witnessed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    signed_at = models.DateTimeField()
+    method = models.CharField(max_length=8, choices=Method.choices)
+    statement = models.TextField()
+    # SHA-256 of the authorization's content (patient, grants, statement, signature, witness,
+    # time), as printed on the PDF.
+    content_sha256 = models.CharField(max_length=64)
+
+    pdf_object_name = models.CharField(max_length=80, unique=True)
+    pdf_kek_id = models.CharField(max_length=64)
+    pdf_wrapped_key = models.BinaryField()
+    pdf_object_id = models.BinaryField(max_length=16)
+    pdf_sha256 = models.CharField(max_length=64)
+    pdf_size = models.PositiveIntegerField()
+
+    scan_object_name = models.CharField(max_length=80, blank=True)
+    scan_kek_id = models.CharField(max_length=64, blank=True)
+    scan_wrapped_key = models.BinaryField(null=True, blank=True)
+    scan_object_id = models.BinaryField(max_length=16, null=True, blank=True)
+    scan_sha256 = models.CharField(max_length=64, blank=True)
+    scan_size = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-signed_at", "-pk")
+        indexes = [models.Index(fields=["patient", "-signed_at"], name="authorization_patient_idx")]
+
+    def __str__(self) -> str:
+        return f"Signed authorization {self.public_id}"
+
+    @property
+    def has_scan_document(self) -> bool:
+        return bool(self.scan_object_name)
+
+
 class ConsentGrant(models.Model):
     class Scope(models.TextChoices):
         ALL = "all", "All studies, including future ones"
@@ -66,6 +121,14 @@ class ConsentGrant(models.Model):
 
     replaces = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replaced_by"
+    )
+    # The signed authorization this grant was given by, for grants of that source.
+    authorization = models.ForeignKey(
+        "SignedAuthorization",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="grants",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(

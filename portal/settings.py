@@ -344,6 +344,8 @@ PUBLISH_PENDING_TTL = 300
 # Retries while the store or the database is down: backoff 1, 2, 4... capped, then the sweeper.
 PUBLISH_MAX_RETRIES = env_int("PUBLISH_MAX_RETRIES", 50)
 PUBLISH_RETRY_MAX_SECONDS = env_int("PUBLISH_RETRY_MAX_SECONDS", 30)
+# Where consent keeps signed authorizations: encrypted like study data (consent/documents.py).
+CONSENT_DOCUMENT_VAULT = "sharing.documents.EncryptedDocumentVault"
 
 # --- Celery ------------------------------------------------------------------------------------
 # Without REDIS_URL tasks run in-process (embedded default); with it, separate workers and beat.

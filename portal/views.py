@@ -20,7 +20,7 @@ from facilities.access import request_is_staff
 from facilities.models import Facility
 from facilities.selectors import memberships_for_user
 from sharing.store import get_object_store
-from studies.access import reconciling_facilities
+from studies.access import get_patient_for_user, reconciling_facilities
 from studies.selectors import studies_waiting_for_a_person
 
 HEALTH_DEADLINE_SECONDS = 1.5
@@ -39,6 +39,9 @@ def home(request: HttpRequest) -> HttpResponse:
 @policy(LOGIN)
 @require_GET
 def patient_home(request: HttpRequest) -> HttpResponse:
+    """A patient whose account is linked to their records lands on their studies."""
+    if get_patient_for_user(request.user) is not None:  # type: ignore[arg-type]
+        return redirect("studies:mine")
     return render(request, "portal/patient_home.html")
 
 

@@ -102,3 +102,31 @@ def get_patient_for_user(user: User) -> Patient | None:
     if not user.is_authenticated:
         return None
     return Patient.objects.filter(account=user).first()
+
+
+# --- Patients: their own studies -----------------------------------------------------------------
+
+
+def studies_of_patient(patient: Patient) -> QuerySet[Study]:
+    """The studies filed under a patient: matched to them, in whatever state. Studies still
+    waiting for the front desk are not theirs until a person files them."""
+    return Study.objects.filter(patient=patient, match=Study.Match.MATCHED)
+
+
+def get_study_for_patient(user: User, public_id: str | uuid.UUID) -> Study:
+    """One of the signed-in patient's own studies, with its facility: 404 for any other
+    study, for staff and for an account linked to no patient, so nobody can tell it exists."""
+    try:
+        public_id = uuid.UUID(str(public_id))
+    except ValueError:
+        raise Http404("No such study") from None
+    if not user.is_authenticated:
+        raise Http404("No such study")
+    study = (
+        Study.objects.select_related("source_facility")
+        .filter(public_id=public_id, patient__account=user, match=Study.Match.MATCHED)
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study")
+    return study

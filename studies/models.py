@@ -8,6 +8,7 @@ the common searches have an index. People and URLs see `public_id`, never a DICO
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -238,3 +239,88 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return f"Instance {self.public_id}"
+
+
+# --- Patients joining by invitation ------------------------------------------------------------
+
+
+class IdentityVerification(models.Model):
+    """A front-desk check that the person in front of staff is this patient.
+
+    An invitation or an account link needs a recent one at the same facility: the e-mail
+    address a patient gives is only trusted because someone looked at them and a document.
+    """
+
+    class Method(models.TextChoices):
+        IN_PERSON = "in_person", "In person, at the desk"
+        VIDEO = "video", "Video call"
+        PHONE = "phone", "Phone call, with questions only the patient can answer"
+
+    class Document(models.TextChoices):
+        DRIVERS_LICENSE = "drivers_license", "Driver's license"
+        PASSPORT = "passport", "Passport"
+        STATE_ID = "state_id", "State or national ID card"
+        INSURANCE_CARD = "insurance_card", "Insurance card with photo"
+        OTHER_PHOTO_ID = "other_photo_id", "Other government photo ID"
+        NONE = "none", "No document (known questions only)"
+
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, related_name="identity_verifications"
+    )
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+")
+    method = models.CharField(max_length=16, choices=Method.choices)
+    document_type = models.CharField(max_length=20, choices=Document.choices)
+    verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    verified_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-verified_at", "-pk")
+        indexes = [
+            models.Index(
+                fields=["patient", "facility", "-verified_at"], name="identityverif_patient_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Identity check of {self.patient}"
+
+
+class PatientInvitation(models.Model):
+    """An e-mailed invitation for a patient to see their records. Only its token's hash is kept."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="invitations")
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+")
+    verification = models.ForeignKey(
+        IdentityVerification, on_delete=models.PROTECT, related_name="invitations"
+    )
+    email = models.EmailField()
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.patient}"
+
+    def is_pending_at(self, when: datetime) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and when < self.expires_at
+
+    def state_at(self, when: datetime) -> str:
+        """One word for lists and audit: pending, expired, accepted or revoked."""
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "pending" if when < self.expires_at else "expired"

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from studies import upload_views, views
 
@@ -28,4 +28,5 @@ urlpatterns = [
         views.reconciliation_hold,
         name="reconciliation-hold",
     ),
+    path("", include("studies.patient_urls")),
 ]

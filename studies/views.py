@@ -238,7 +238,7 @@ def study_detail(request: HttpRequest, study_id: str) -> HttpResponse:
             ),
             "progress_url": reverse("studies:study-progress", kwargs={"study_id": study.public_id}),
             "can_set_legal_hold": Membership.objects.filter(
-                user=request.user, facility_id=study.source_facility_id, role=Role.FACILITY_ADMIN
+                user=_user(request), facility_id=study.source_facility_id, role=Role.FACILITY_ADMIN
             ).exists(),
         },
     )

@@ -59,12 +59,13 @@ def test_it_uses_the_header_s_first_window_when_none_is_asked_for() -> None:
     assert (
         gray == np.asarray(picture(render_frame(data, window=Window(-600, 1500)))).ravel().tolist()
     )
-    assert gray[0] > 0 and gray[3] == 255
+    assert gray[0] > 0
+    assert gray[3] == 255
 
 
 def test_without_a_window_it_spreads_the_frame_s_own_range() -> None:
     gray = np.asarray(picture(render_frame(ct_bytes(STORED)))).ravel().tolist()
-    assert gray[0] == 0 and gray[3] == 255
+    assert (gray[0], gray[3]) == (0, 255)
     assert gray == sorted(gray)
 
 

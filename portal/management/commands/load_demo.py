@@ -14,7 +14,7 @@ from django.db import transaction
 from accounts.models import User
 from audit.codes import ActorKind
 from facilities.models import AETitle, Facility, Membership, Role
-from studies.models import Study
+from studies.models import Patient, Study
 from studies.services import Channel, IngestSource, study_ingest_instance
 from studies.spool import get_spool
 from studies.synthetic import SyntheticPatient, generate_study
@@ -110,6 +110,7 @@ class Command(BaseCommand):
                     )
 
         self._load_studies(facilities["Riverside General Hospital"])
+        self._link_demo_patient()
         self.stdout.write(self.style.SUCCESS(f"Demo logins (password for all: {DEMO_PASSWORD})"))
         for email, _, _, facility_name, role in PEOPLE:
             who = f"{Role(role).label}, {facility_name}" if role else "Patient"
@@ -118,6 +119,20 @@ class Command(BaseCommand):
             "Staff set up an authenticator app (TOTP) at their first sign-in; "
             "e-mails are printed to this console."
         )
+
+    def _link_demo_patient(self) -> None:
+        """The demo patient's account sees DEMO^PAT's studies, as if the front desk had
+        checked their identity and linked it (the real way is an invitation)."""
+        user = User.objects.get(email=PEOPLE[0][0])
+        record = Patient.objects.filter(
+            identifiers__issuer=DEMO_PATIENT.issuer, identifiers__value=DEMO_PATIENT.patient_id
+        ).first()
+        if record is None or record.account_id is not None:
+            return
+        if Patient.objects.filter(account=user).exists():
+            return
+        record.account = user
+        record.save(update_fields=["account"])
 
     def _load_studies(self, riverside: Facility) -> None:
         """Ingest the demo studies as Riverside's archive would send them, once."""

@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from audit.codes import Action, ActorKind
 from audit.services import audit_record
 from sharing.crypto import KeyringError
-from sharing.keys import add_key_version, get_keyring, keys_not_under_current_kek, rewrap_study_keys
+from sharing.keys import add_key_version, get_keyring, keys_not_under_current_kek, rewrap_data_keys
 
 
 class Command(BaseCommand):
@@ -43,7 +43,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"Added KEK version {kek_id}.")
             current = get_keyring().current_kek_id()
             rewrapped = 0
-            for count in rewrap_study_keys():
+            for count in rewrap_data_keys():
                 rewrapped += count
                 self.stdout.write(f"  re-wrapped {rewrapped}")
         except KeyringError as exc:
