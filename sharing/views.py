@@ -9,12 +9,17 @@ daily retention sweep skips it. The study page (studies) shows the hold and post
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from PIL import Image
 
 from accounts.models import User
 from accounts.policies import LOGIN, ROLE, policy
@@ -79,17 +84,22 @@ def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
                      patient_id=study.patient_id)  # fmt: skip
         raise Http404("No such study")
     instance = representative_instance(study)
-    if instance is None:
-        raise Http404("No image to show yet")
-    plaintext = b"".join(read_instance(instance, allowed))
-    try:
-        png = render_frame(plaintext, size=THUMBNAIL_SIZE)
-    except RenderError:
-        raise Http404("No image to show") from None
+    png = _no_picture_png()  # nothing published yet, or only reports: a plain square
+    if instance is not None:
+        plaintext = b"".join(read_instance(instance, allowed))
+        with contextlib.suppress(RenderError):
+            png = render_frame(plaintext, size=THUMBNAIL_SIZE)
     response = HttpResponse(png, content_type="image/png")
     # Only this browser may keep it, briefly: it is a picture of the patient.
     response["Cache-Control"] = "private, max-age=300"
     return response
+
+
+@functools.cache
+def _no_picture_png() -> bytes:
+    output = io.BytesIO()
+    Image.new("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), 17).save(output, "PNG")
+    return output.getvalue()
 
 
 def allowed_reader(user: User, study: Study, request: HttpRequest) -> Reader | None:

@@ -53,11 +53,17 @@ def test_anyone_else_gets_404_and_a_denied_audit_row(client, request, who, publi
     assert event.outcome == Outcome.DENIED
 
 
-def test_nothing_to_show_before_publishing(client, patient, received_study) -> None:
+def test_a_plain_square_stands_in_until_something_is_published(
+    client, patient, received_study
+) -> None:
     study = received_study(instances=1)
     Patient.objects.filter(pk=study.patient_id).update(account=patient)
     client.force_login(patient)
-    assert client.get(url(study)).status_code == 404
+    response = client.get(url(study))
+    assert response.status_code == 200
+    image = Image.open(io.BytesIO(response.content))
+    assert image.getextrema() == (17, 17)  # one dark grey, no picture of anyone
+    assert not AuditEvent.objects.filter(action=Action.INSTANCE_READ).exists()
 
 
 def test_anonymous_visitors_are_sent_to_sign_in(client, published) -> None:
