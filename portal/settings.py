@@ -336,6 +336,9 @@ PORTAL_KEYRING_TEXT = env_str("PORTAL_KEYRING") or None
 # Instances a publish task claims at once: enough that broker overhead stays small, few enough
 # that a batch finishes well within the claim lease.
 PUBLISH_BATCH_SIZE = env_int("PUBLISH_BATCH_SIZE", 32)
+# Objects up to this size are encrypted in memory and uploaded in one request the store checks
+# by MD5; larger ones stream in constant memory and are read back to be checked.
+PUBLISH_IN_MEMORY_MAX_BYTES = env_int("PUBLISH_IN_MEMORY_MAX_BYTES", 32 * 1024**2)
 # A claim not finished after this long is released by the sweeper (its worker died).
 PUBLISH_CLAIM_LEASE_SECONDS = env_int("PUBLISH_CLAIM_LEASE_SECONDS", 900)
 # Instances waiting this long with no task (a lost queue) get one from the sweeper.

@@ -21,11 +21,13 @@ Reading: `read_instance` is the only way any other part of the project gets stud
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import IO, TYPE_CHECKING, cast
 
 from django.conf import settings
 from django.db import transaction
@@ -49,9 +51,12 @@ from sharing.crypto import (
 from sharing.documents import DOCUMENT_KIND
 from sharing.keys import existing_study_data_key, study_data_key
 from sharing.models import StoredObject, StudyKey
-from sharing.store import ObjectStore, StoreUnavailable, get_object_store
+from sharing.store import ObjectCorrupted, ObjectStore, StoreUnavailable, get_object_store
 from studies.models import Instance, Series, Study
 from studies.spool import get_spool
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +190,24 @@ def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey
     spool = get_spool()
     path = spool.path_of(instance.spool_name)
     encryptor = ObjectEncryptor(data_key, segment_size=stored.segment_size)
-    with path.open("rb") as plaintext:
-        store.put(stored.name, encryptor.reader(plaintext))
     expected_size = ciphertext_size(instance.size_bytes, segment_size=stored.segment_size)
-    _verify(store, stored.name, data_key, encryptor.object_id, instance)
+    if expected_size <= settings.PUBLISH_IN_MEMORY_MAX_BYTES:
+        # Most instances: encrypt in memory while hashing the plaintext, so the spool file is
+        # proven to be what was received, and let the store check the upload by its MD5.
+        with path.open("rb") as plaintext:
+            hashing = _HashingReader(plaintext)
+            ciphertext = b"".join(encryptor.encrypt(cast(IO[bytes], hashing)))
+        if hashing.digest.hexdigest() != instance.sha256 or hashing.size != instance.size_bytes:
+            raise PublishFailed("the spool file is not the instance received")
+        try:
+            store.put_verified(stored.name, ciphertext)
+        except ObjectCorrupted as exc:
+            raise PublishFailed("the store kept other bytes than were sent") from exc
+    else:
+        # Large ones stream through in constant memory and are checked by reading them back.
+        with path.open("rb") as plaintext:
+            store.put(stored.name, encryptor.reader(plaintext))
+        _verify(store, stored.name, data_key, encryptor.object_id, instance)
 
     with transaction.atomic():
         finished = StoredObject.objects.filter(
@@ -212,6 +231,26 @@ def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey
         # another name, so what this one uploaded must go.
         _delete_quietly(store, stored.name)
         raise ClaimLost(stored.name)
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads a file through, keeping the SHA-256 and size of what was read."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        count = self._stream.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            view = memoryview(buffer)[:count]
+            self.digest.update(view)
+            self.size += count
+        return int(count or 0)
 
 
 def _delete_quietly(store: ObjectStore, name: str) -> None:

@@ -145,10 +145,10 @@ def test_more_images_of_an_available_study_are_published_too(
 def test_a_store_that_fails_lets_go_of_the_batch(received_study, store, monkeypatch) -> None:
     study = received_study(instances=3)
 
-    def refuse(name, stream):
+    def refuse(name, data):
         raise StoreUnavailable("ConnectionRefused")
 
-    monkeypatch.setattr(store, "put", refuse)
+    monkeypatch.setattr(store, "put_verified", refuse)
     with pytest.raises(StoreUnavailable):
         publish_spooled(NODE, store=store)
     assert set(Instance.objects.values_list("state", flat=True)) == {Instance.State.RECEIVED}
@@ -164,7 +164,9 @@ def test_a_retried_task_finishes_its_own_claims_under_the_same_names(
 ) -> None:
     received_study(instances=2)
     # The store fails and cannot even delete: the claims stay with the task's token.
-    monkeypatch.setattr(store, "put", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down")))
+    monkeypatch.setattr(
+        store, "put_verified", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down"))
+    )
     monkeypatch.setattr(store, "delete", lambda *a: (_ for _ in ()).throw(StoreUnavailable("x")))
     with pytest.raises(StoreUnavailable):
         publish_spooled(NODE, claim_token="task-1", store=store)
@@ -179,7 +181,10 @@ def test_a_retried_task_finishes_its_own_claims_under_the_same_names(
     assert stored_names(store) == names
 
 
-def test_an_upload_that_does_not_read_back_is_not_recorded(received_study, store, monkeypatch):
+def test_an_upload_that_does_not_read_back_is_not_recorded(
+    received_study, store, monkeypatch, settings
+):
+    settings.PUBLISH_IN_MEMORY_MAX_BYTES = 0  # the streaming path, checked by reading back
     received_study(instances=1)
     real_put = store.put
 
@@ -206,7 +211,13 @@ def test_the_sweeper_releases_stale_claims_and_deletes_what_they_uploaded(
 ) -> None:
     received_study(instances=2)
     # A worker that dies right after uploading: the object exists, nothing was recorded.
-    monkeypatch.setattr(services, "_verify", lambda *a: (_ for _ in ()).throw(SystemExit))
+    real_put = store.put_verified
+
+    def put_then_die(name, data):
+        real_put(name, data)
+        raise SystemExit
+
+    monkeypatch.setattr(store, "put_verified", put_then_die)
     with pytest.raises(SystemExit):
         publish_spooled(NODE, store=store)
     monkeypatch.undo()
@@ -228,13 +239,13 @@ def test_a_claim_released_while_its_task_works_is_not_published_twice(
     received_study, store, monkeypatch
 ) -> None:
     received_study(instances=1)
-    real_verify = services._verify
+    real_put = store.put_verified
 
-    def verify_then_lose_the_lease(*args):
-        real_verify(*args)
+    def put_then_lose_the_lease(name, data):
+        real_put(name, data)
         publish_sweep(lease=timedelta(0), store=store)  # the sweeper thinks the worker died
 
-    monkeypatch.setattr(services, "_verify", verify_then_lose_the_lease)
+    monkeypatch.setattr(store, "put_verified", put_then_lose_the_lease)
     assert publish_spooled(NODE, store=store).published == 0
     monkeypatch.undo()
     assert not stored_names(store), "the lost claim's upload must be removed"
@@ -474,3 +485,27 @@ def test_a_full_batch_asks_for_the_next_one_before_publishing(received_study, st
     publish_spooled(NODE, batch_size=2, store=store, on_full_batch=next_batch)
     publish_spooled(NODE, batch_size=2, store=store, on_full_batch=next_batch)
     assert published_when_asked == [0], "asked once, for the full batch, before publishing"
+
+
+@pytest.mark.parametrize("in_memory_max", [0, 32 * 1024**2], ids=["streamed", "in-memory"])
+def test_both_upload_paths_store_what_decrypts_to_the_instance(
+    received_study, store, settings, in_memory_max
+) -> None:
+    settings.PUBLISH_IN_MEMORY_MAX_BYTES = in_memory_max
+    study = received_study(instances=2)
+    assert publish_spooled(NODE, store=store).published == 2
+    for instance in Instance.objects.filter(study=study):
+        assert hashlib.sha256(plaintext(instance)).hexdigest() == instance.sha256
+        assert store.size(instance.stored_object.name) == instance.stored_object.size_bytes
+
+
+def test_a_spool_file_that_changed_since_ingest_is_not_published(received_study, store) -> None:
+    received_study(instances=1)
+    instance = Instance.objects.get()
+    path = get_spool().path_of(instance.spool_name)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # a bit flipped on disk while it waited
+    path.write_bytes(bytes(data))
+    assert publish_spooled(NODE, store=store).published == 0
+    assert not stored_names(store)
+    assert StoredObject.objects.get().state == StoredObject.State.UPLOADING  # for the sweeper

@@ -19,7 +19,13 @@ from django.core.files.storage import FileSystemStorage
 from storages.backends.s3 import S3Storage
 
 from sharing import store as store_module
-from sharing.store import ObjectMissing, ObjectStore, StoreUnavailable, get_object_store
+from sharing.store import (
+    ObjectCorrupted,
+    ObjectMissing,
+    ObjectStore,
+    StoreUnavailable,
+    get_object_store,
+)
 
 # Not a multiple of anything in particular, so an offset read cannot pass by accident.
 PAYLOAD = bytes(range(256)) * 40 + b"the end"
@@ -206,3 +212,23 @@ def test_it_fails_the_check_quickly_when_the_store_is_not_there(
     with pytest.raises(StoreUnavailable):
         ObjectStore(S3Storage(**options)).check(timeout=1.0)
     assert time.monotonic() - started < 2
+
+
+def test_it_writes_a_checked_object_in_one_request(store: ObjectStore) -> None:
+    name = ObjectStore.new_name("study")
+    store.put_verified(name, PAYLOAD)
+    with store.open(name) as body:
+        assert body.read() == PAYLOAD
+    assert store.size(name) == len(PAYLOAD)
+
+
+def test_it_reports_an_object_the_store_kept_differently(
+    s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = s3_store.storage.connection.meta.client
+    real_put = client.put_object
+    monkeypatch.setattr(
+        client, "put_object", lambda **kwargs: {**real_put(**kwargs), "ETag": '"0" * 32'}
+    )
+    with pytest.raises(ObjectCorrupted):
+        s3_store.put_verified(ObjectStore.new_name("study"), PAYLOAD)
