@@ -476,9 +476,11 @@ def child_profile(top: int) -> dict[str, Any]:
     timers.wrap(sharing.services, "ObjectEncryptor", "new encryptor")
     timers.wrap(studies.spool.Spool, "discard", "unlink")
     timers.wrap(sharing.store.ObjectStore, "put", "put", phase="put")
+    timers.wrap(sharing.store.ObjectStore, "put_verified", "put verified")
+    timers.wrap_iterator(sharing.crypto.ObjectEncryptor, "encrypt", lambda: "encrypt in memory")
+    timers.wrap(sharing.services._HashingReader, "readinto", "read+hash")
     timers.wrap(sharing.crypto._EncryptingReader, "readinto", "encrypt+read")
     timers.wrap(sharing.services, "_verify", "verify", phase="verify")
-    timers.wrap(sharing.store.ObjectStore, "size", "head")
     timers.wrap(sharing.store.ObjectStore, "_s3_get", "get")
     timers.wrap_iterator(sharing.services, "decrypt_stream", lambda: "body+decrypt")
     timers.wrap_iterator(sharing.crypto, "_pieces", lambda: f"pieces {timers.phase}")
@@ -567,10 +569,12 @@ def breakdown(result: dict[str, Any]) -> list[tuple[str, float]]:
     put_rest = get("put") - get("encrypt+read")
     download = get("pieces verify")
     decrypt = get("body+decrypt") - download
-    verify_rest = get("verify") - get("head") - get("get") - get("body+decrypt")
+    verify_rest = get("verify") - get("get") - get("body+decrypt")
     record = (
         get("publish one")
         - get("put")
+        - get("put verified")
+        - get("encrypt in memory")
         - get("verify")
         - get("data key")
         - get("new encryptor")
@@ -583,14 +587,16 @@ def breakdown(result: dict[str, Any]) -> list[tuple[str, float]]:
         ("claim a batch (SQL: lock, update, insert)", get("claim")),
         ("study data key (SQL, unwrap; once per study per batch)", get("data key")),
         ("new object key (random id and salt, HKDF)", get("new encryptor")),
-        ("read the spool file (inside the upload)", spool_read),
-        ("encrypt (AES-GCM, inside the upload)", encrypt),
-        ("upload: PUT to S3, boto3/s3transfer", put_rest),
-        ("read back: HEAD (size)", get("head")),
-        ("read back: GET until the headers", get("get")),
-        ("read back: download the body", download),
-        ("read back: decrypt", decrypt),
-        ("read back: SHA-256 and the rest", verify_rest),
+        ("in memory: read the spool file and hash it", get("read+hash")),
+        ("in memory: encrypt (AES-GCM)", get("encrypt in memory") - get("read+hash")),
+        ("in memory: PUT to S3, checked by Content-MD5", get("put verified")),
+        ("streamed: read the spool file (inside the upload)", spool_read),
+        ("streamed: encrypt (AES-GCM, inside the upload)", encrypt),
+        ("streamed: PUT to S3, boto3/s3transfer", put_rest),
+        ("streamed, read back: GET until the headers", get("get")),
+        ("streamed, read back: download the body", download),
+        ("streamed, read back: decrypt", decrypt),
+        ("streamed, read back: SHA-256 and the rest", verify_rest),
         ("record it (SQL transaction)", record),
         ("remove the spool file", get("unlink")),
         ("settle the studies (SQL, per batch)", get("settle")),
