@@ -1,9 +1,10 @@
 """The encrypted store's life cycle: publishing spooled instances, reading them, ending them.
 
 Publishing (rule 1 of DESIGN.md): a publish task claims a batch of a node's spooled instances,
-encrypts each under its study's data key, uploads it, reads it back and checks that it decrypts
-to the SHA-256 recorded at ingest, then records the object and removes the spool file. Every
-step can be interrupted (a killed worker, a store or database outage) without losing an
+encrypts each under its study's data key while checking the spool file against the SHA-256
+recorded at ingest, uploads it in one request the store checks by MD5 (large objects stream,
+and are read back and decrypted instead), then records the object and removes the spool file.
+Every step can be interrupted (a killed worker, a store or database outage) without losing an
 instance or publishing one twice:
 
 - a claim is a conditional update (`received` -> `publishing`) plus a `StoredObject` row naming
