@@ -52,11 +52,6 @@ def get_keyring() -> KeyProvider:
     return load_keyring(variable=KEYRING_VARIABLE, default_path=default_path, environ=environ)
 
 
-def reload_keyring() -> KeyProvider:
-    get_keyring.cache_clear()
-    return get_keyring()
-
-
 def study_data_key(study: Study) -> DataKey:
     """The study's data key, created (and stored wrapped) the first time it is asked for."""
     keyring = get_keyring()
@@ -93,7 +88,7 @@ def add_key_version() -> str:
         )
     LocalKeyring.load_or_create(path)
     kek_id = add_kek_version(path)
-    reload_keyring()
+    get_keyring.cache_clear()
     return kek_id
 
 

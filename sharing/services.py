@@ -85,7 +85,6 @@ class PublishReport:
     published: int = 0
     # Claims let go because the store failed; their instances wait to be claimed again.
     released: int = 0
-    study_ids: set[int] = field(default_factory=set)
     # True when the batch was full: more instances may be waiting.
     more: bool = False
 
@@ -134,7 +133,6 @@ def publish_spooled(
                 logger.exception("Publishing instance %s failed", claim.instance.pk)
                 continue
             report.published += 1
-            report.study_ids.add(claim.instance.study_id)
     finally:
         _settle_studies({claim.instance.study_id for claim in claims})
     return report

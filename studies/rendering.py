@@ -26,7 +26,6 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 ImageFormat = Literal["png", "jpeg"]
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg"}
 THUMBNAIL_SIZE = 128
 
 
