@@ -96,6 +96,8 @@ class Action(models.TextChoices):
     PATIENT_ACCOUNT_LINKED = "patient.account_linked", "Account linked to a patient record"
     PATIENT_RECORDS_MERGED = "patient.records_merged", "Patient records of one person merged"
     PATIENT_STUDIES_LISTED = "patient.studies_listed", "Patient opened their study list"
+    PATIENTS_SEARCHED = "patient.searched", "Patients searched at a front desk"
+    PATIENT_RECORD_VIEWED = "patient.viewed", "Patient record opened at a front desk"
     # Consent
     GRANT_CREATED = "consent.granted", "Consent given"
     GRANT_WITHDRAWN = "consent.withdrawn", "Consent withdrawn"
@@ -153,6 +155,8 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.PATIENT_ACCOUNT_LINKED: "110136",
     Action.PATIENT_RECORDS_MERGED: "110110",
     Action.PATIENT_STUDIES_LISTED: "110110",
+    Action.PATIENTS_SEARCHED: "110112",
+    Action.PATIENT_RECORD_VIEWED: "110110",
     Action.GRANT_CREATED: "110110",
     Action.GRANT_WITHDRAWN: "110110",
     Action.CONSENT_EXPORTED: "110106",

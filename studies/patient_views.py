@@ -151,6 +151,14 @@ def front_desk_patients(request: HttpRequest, facility_id: int) -> HttpResponse:
                     .prefetch_related("identifiers")
                     .order_by("name")[: selectors.PATIENT_SEARCH_LIMIT]
                 )
+        # What was asked is PHI (a name, a birth date): the row keeps who, where and how many.
+        audit_record(
+            action=Action.PATIENTS_SEARCHED,
+            request=request,
+            facility_id=facility.pk,
+            target_kind=TargetKind.PATIENT,
+            detail={"results": len(results)},
+        )
     return render(
         request,
         "studies/patient_search.html",
@@ -169,6 +177,14 @@ def _front_desk_patient_page(
     link_form: EmailForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
+    audit_record(
+        action=Action.PATIENT_RECORD_VIEWED,
+        request=request,
+        facility_id=facility.pk,
+        target_kind=TargetKind.PATIENT,
+        target_id=patient.pk,
+        patient_id=patient.pk,
+    )
     now = timezone.now()
     invitations_list = list(
         PatientInvitation.objects.filter(patient=patient, facility=facility).order_by(

@@ -9,6 +9,8 @@ import pytest
 from django.core import mail
 from django.urls import reverse
 
+from audit.codes import Action
+from audit.models import AuditEvent
 from facilities.models import Role
 from studies.models import IdentityVerification, Patient, PatientInvitation
 from tests.factories import PatientFactory, PatientIdentifierFactory, make_staff
@@ -42,6 +44,22 @@ def test_it_finds_a_patient_by_name_mrn_or_birth_date(client, front_desk, origin
     assert record in response.context["results"]
     if "birth_date" in query:
         assert len(response.context["results"]) == 1
+    searched = AuditEvent.objects.get(action=Action.PATIENTS_SEARCHED)
+    assert (searched.facility_id, searched.detail) == (
+        origin.pk,
+        {"results": len(response.context["results"])},
+    )
+
+
+def test_opening_a_patient_s_record_is_audited(client, front_desk, origin, record):
+    client.force_login(front_desk)
+    assert client.get(url("front-desk-patient", origin, record)).status_code == 200
+    viewed = AuditEvent.objects.get(action=Action.PATIENT_RECORD_VIEWED)
+    assert (viewed.patient_id, viewed.facility_id, viewed.actor_id) == (
+        record.pk,
+        origin.pk,
+        str(front_desk.pk),
+    )
 
 
 def test_it_refuses_a_bad_birth_date(client, front_desk, origin):
