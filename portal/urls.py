@@ -18,6 +18,10 @@ urlpatterns = [
     path("studies/", include("studies.urls")),
     path("dicomweb/", include("studies.dicomweb_urls")),
     path("sharing/", include("sharing.urls")),
+    # Share links: the recipient's pages (/s/<token>, /shared/...) and the patient's.
+    path("", include("sharing.link_urls")),
+    path("view/", include("sharing.viewer_urls")),
+    path("download/", include("sharing.download_urls")),
     path("consent/", include("consent.urls")),
     path("fhir/", include(("consent.fhir_urls", "fhir"))),
     path("admin/", admin.site.urls),

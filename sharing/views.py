@@ -17,18 +17,15 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
-from django.utils import timezone
 from django.views.decorators.http import require_GET
 from PIL import Image
 
-from accounts.models import User
 from accounts.policies import LOGIN, ROLE, policy
-from audit.codes import Action, ActorKind, Outcome, PurposeOfUse, TargetKind
+from audit.codes import Action, Outcome, TargetKind
 from audit.services import audit_record
-from consent.decision import FacilityActor, PatientActor, decide
 from facilities.models import Membership, Role
-from sharing.services import Reader, read_instance, study_set_legal_hold
-from studies.access import get_patient_for_user
+from sharing.access import signed_in_access
+from sharing.services import read_instance, study_set_legal_hold
 from studies.models import Instance, Series, Study
 from studies.rendering import THUMBNAIL_SIZE, RenderError, render_frame
 
@@ -76,9 +73,8 @@ def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
     study = Study.objects.filter(public_id=study_id).first()
     if study is None:
         raise Http404("No such study")
-    user: User = request.user  # type: ignore[assignment]
-    allowed = allowed_reader(user, study, request)
-    if allowed is None:
+    access = signed_in_access(request, study)
+    if access is None:
         audit_record(action=Action.INSTANCE_READ, outcome=Outcome.DENIED, request=request,
                      target_kind=TargetKind.STUDY, target_id=study.pk, study_id=study.pk,
                      patient_id=study.patient_id)  # fmt: skip
@@ -86,7 +82,7 @@ def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
     instance = representative_instance(study)
     png = _no_picture_png()  # nothing published yet, or only reports: a plain square
     if instance is not None:
-        plaintext = b"".join(read_instance(instance, allowed))
+        plaintext = b"".join(read_instance(instance, access.reader))
         with contextlib.suppress(RenderError):
             png = render_frame(plaintext, size=THUMBNAIL_SIZE)
     response = HttpResponse(png, content_type="image/png")
@@ -100,21 +96,6 @@ def _no_picture_png() -> bytes:
     output = io.BytesIO()
     Image.new("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), 17).save(output, "PNG")
     return output.getvalue()
-
-
-def allowed_reader(user: User, study: Study, request: HttpRequest) -> Reader | None:
-    """The first way this person may read the study: as its patient, or for one of their
-    facilities (for treatment); None when none is allowed."""
-    now = timezone.now()
-    patient = get_patient_for_user(user)
-    if patient is not None and decide(
-        PatientActor(patient.pk), study, PurposeOfUse.PATIENT_REQUEST, now
-    ):
-        return Reader(ActorKind.USER, user.pk, request, purpose=PurposeOfUse.PATIENT_REQUEST)
-    for facility_id in Membership.objects.filter(user=user).values_list("facility_id", flat=True):
-        if decide(FacilityActor(facility_id), study, PurposeOfUse.TREATMENT, now):
-            return Reader(ActorKind.USER, user.pk, request, facility_id, PurposeOfUse.TREATMENT)
-    return None
 
 
 def representative_instance(study: Study) -> Instance | None:
