@@ -10,7 +10,8 @@ EMBEDDED := DJANGO_DEBUG=true
 # mypy with django-stubs on the modules CONVENTIONS.md names, and the other security code.
 TYPED_MODULES := $(filter-out bench/%,$(wildcard */services.py */selectors.py */access.py */decision.py */crypto.py */dicom.py)) \
 	portal/env.py sharing/store.py audit/chain.py accounts/sealing.py studies/spool.py \
-	studies/scp.py studies/dicomweb.py studies/media.py sharing/keys.py sharing/tasks.py
+	studies/scp.py studies/dicomweb.py studies/media.py sharing/keys.py sharing/tasks.py \
+	sharing/links.py sharing/frames.py sharing/archive.py
 
 .PHONY: help install run test system-packages lint format typecheck migrations-check clean
 
@@ -19,6 +20,7 @@ help:
 	@echo "make test              lint, type-check and run every test against the real stack"
 	@echo "make stack-up          start the real stack and write var/stack.env (make stack-down stops it)"
 	@echo "make bench-ingest      ingest speed against Orthanc (bench/README.md); make bench-crypto"
+	@echo "make bench-publish | bench-render | bench-download   the other benchmarks (bench/README.md)"
 	@echo "make lint | format | typecheck | migrations-check"
 
 $(BIN)/.installed: pyproject.toml
@@ -71,15 +73,23 @@ system-packages:
 # The same services left running: `make stack-up`, then `source var/stack.env` and run
 # `$(BIN)/pytest tests/...` as often as you like; `make stack-down` when done.
 # Benchmarks (bench/README.md): against Orthanc, on the real stack; never part of `make test`.
-.PHONY: bench-ingest bench-crypto
+.PHONY: bench-ingest bench-crypto bench-render bench-download bench-publish
 bench-ingest: install system-packages
 	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.ingest
 
 bench-crypto: install
 	$(BIN)/python bench/crypto.py
 
+# First-frame render time of the viewer (gunicorn, from the encrypted store) against Orthanc's.
+bench-render: install system-packages
+	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.render
+
+# Zip download of a study through gunicorn: MB/s, the web process's memory (also for 2 GiB), and
+# how many bytes still arrive after consent is withdrawn; Orthanc's /media for reference.
+bench-download: install system-packages
+	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.download
+
 # Publishing (spool -> encrypted objects in SeaweedFS) with one real Celery worker, vs ingest.
-.PHONY: bench-publish
 bench-publish: install
 	$(BIN)/python scripts/stack.py run -- $(BIN)/python -m bench.publish
 

@@ -113,6 +113,20 @@ class Action(models.TextChoices):
     STUDY_SHREDDED = "study.shredded", "Study deleted: its key destroyed, its images removed"
     LEGAL_HOLD_CHANGED = "study.legal_hold", "Legal hold set or lifted"
     DATA_KEYS_REWRAPPED = "keys.rewrapped", "Study keys re-wrapped under a new key version"
+    # Share links: a named clinician opens chosen studies with a link and an e-mailed code
+    LINK_CREATED = "link.created", "Share link made"
+    LINK_REVOKED = "link.revoked", "Share link ended"
+    LINK_CODE_SENT = "link.code_sent", "Share link code e-mailed"
+    LINK_CODE_FAILED = "link.code_failed", "Share link code refused"
+    LINK_OPENED = "link.opened", "Share link opened"
+    LINK_REFUSED = "link.refused", "Share link refused"
+    LINK_STUDIES_LISTED = "link.studies_listed", "Shared studies listed"
+    # Reading study data in the browser: the viewer and downloads
+    SERIES_VIEWED = "series.viewed", "Series opened in the viewer"
+    STUDY_DOWNLOADED = "study.downloaded", "Images downloaded"
+    SERIES_DOWNLOADED = "series.downloaded", "Series downloaded"
+    DOWNLOAD_FAILED = "study.download_failed", "Download stopped: an image could not be read"
+    ACCESS_LOG_VIEWED = "patient.access_log_viewed", "Patient opened their access log"
     # The audit log itself (DCM 110113 Security Alert)
     AUDIT_CHAIN_VERIFIED = "audit.verified", "Audit log verified"
     AUDIT_CHAIN_BROKEN = "audit.broken", "Audit log found altered"
@@ -170,6 +184,18 @@ DICOM_EVENT_ID: dict[str, str] = {
     Action.STUDY_SHREDDED: "110105",
     Action.LEGAL_HOLD_CHANGED: "110110",
     Action.DATA_KEYS_REWRAPPED: "110113",
+    Action.LINK_CREATED: "110110",
+    Action.LINK_REVOKED: "110110",
+    Action.LINK_CODE_SENT: "110114",
+    Action.LINK_CODE_FAILED: "110114",
+    Action.LINK_OPENED: "110114",
+    Action.LINK_REFUSED: "110113",
+    Action.LINK_STUDIES_LISTED: "110103",
+    Action.SERIES_VIEWED: "110103",
+    Action.STUDY_DOWNLOADED: "110106",
+    Action.SERIES_DOWNLOADED: "110106",
+    Action.DOWNLOAD_FAILED: "110113",
+    Action.ACCESS_LOG_VIEWED: "110101",
     Action.AUDIT_CHAIN_VERIFIED: "110113",
     Action.AUDIT_CHAIN_BROKEN: "110113",
 }

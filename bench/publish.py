@@ -119,6 +119,14 @@ CONFIGS = {
 
 
 @dataclass
+class Together:
+    run: int
+    ingest_rate: float  # the timed study, with the worker publishing at the same time
+    behind_at_end: int  # instances not yet published when ingest committed its last one
+    drain_seconds: float  # from ingest's last commit to the last object recorded
+
+
+@dataclass
 class Round:
     config: str
     run: int
@@ -469,10 +477,13 @@ def child_profile(top: int) -> dict[str, Any]:
     import sharing.store
     import studies.spool
 
+    # One upload at a time, in this thread, so that the steps' timers add up to the whole.
+    settings.PUBLISH_UPLOADS_IN_FLIGHT = 1
     timers = Timers()
     timers.wrap(sharing.services, "_claim", "claim")
     timers.wrap(sharing.services, "study_data_key", "data key")
-    timers.wrap(sharing.services, "_publish_one", "publish one")
+    timers.wrap(sharing.services, "_upload", "upload")
+    timers.wrap(sharing.services, "_record", "record")
     timers.wrap(sharing.services, "ObjectEncryptor", "new encryptor")
     timers.wrap(studies.spool.Spool, "discard", "unlink")
     timers.wrap(sharing.store.ObjectStore, "put", "put", phase="put")
@@ -570,18 +581,21 @@ def breakdown(result: dict[str, Any]) -> list[tuple[str, float]]:
     download = get("pieces verify")
     decrypt = get("body+decrypt") - download
     verify_rest = get("verify") - get("get") - get("body+decrypt")
-    record = (
-        get("publish one")
+    upload_rest = (
+        get("upload")
         - get("put")
         - get("put verified")
         - get("encrypt in memory")
         - get("verify")
-        - get("data key")
         - get("new encryptor")
-        - get("unlink")
-    )
+    )  # opening the spool file, comparing the hash
     batches_rest = (
-        result["seconds"] - get("claim") - get("publish one") - get("settle")
+        result["seconds"]
+        - get("claim")
+        - get("data key")
+        - get("upload")
+        - get("record")
+        - get("settle")
     )  # publish_spooled's own bookkeeping and the loop
     return [
         ("claim a batch (SQL: lock, update, insert)", get("claim")),
@@ -597,8 +611,9 @@ def breakdown(result: dict[str, Any]) -> list[tuple[str, float]]:
         ("streamed, read back: download the body", download),
         ("streamed, read back: decrypt", decrypt),
         ("streamed, read back: SHA-256 and the rest", verify_rest),
-        ("record it (SQL transaction)", record),
-        ("remove the spool file", get("unlink")),
+        ("the rest of the upload step (open the spool file, compare)", upload_rest),
+        ("record a group of uploads (SQL transaction)", get("record") - get("unlink")),
+        ("remove the spool files (on commit)", get("unlink")),
         ("settle the studies (SQL, per batch)", get("settle")),
         ("the rest (publish_spooled's own loop)", batches_rest),
     ]
@@ -648,6 +663,14 @@ class Worker:
                 if int(fields[2]) == self.process.pid:  # the process group
                     ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.perf_counter() + timeout
+        while b" ready." not in self.log.read_bytes():
+            self.check()
+            if time.perf_counter() > deadline:
+                raise BenchError(f"the worker did not start:\n{tail(self.log)}")
+            time.sleep(POLL_SECONDS)
 
     def check(self) -> None:
         if self.process.poll() is not None:
@@ -755,6 +778,55 @@ class Bench:
             machine_busy=machine_busy,
         )
 
+    def together_round(self, run: int) -> Together:
+        """Ingest while one worker (as started) publishes, as a node that receives and
+        publishes does: does publishing keep up, or does a backlog grow behind ingest?"""
+        label = f"together-run{run}"
+        node = f"benchpub-{self.token}-{label}"
+        self.nodes.append(node)
+        spool = self.work / label / "spool"
+        spool.mkdir(parents=True)
+        self.databases.fresh()
+        environment = portal_environment(self.databases, spool=spool, node=node)
+        worker = Worker(environment, CONFIGS["default"], self.work / label / "worker.log", node)
+        try:
+            worker.wait_until_ready()
+            ingest = run_child(
+                ["--child-ingest", str(self.study), str(self.warmup), "0"],
+                environment,
+                "the ingest child",
+            )
+            deadline = time.perf_counter() + PUBLISH_TIMEOUT_SECONDS
+            while (
+                self.databases.query(
+                    "SELECT count(*) FROM studies_instance WHERE state <> 'published'"
+                )[0]
+                or self.databases.query(
+                    "SELECT count(*) FROM studies_study WHERE state <> 'available'"
+                )[0]
+            ):
+                worker.check()
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"round {label}: not published after the timeout")
+                time.sleep(POLL_SECONDS)
+        finally:
+            worker.stop()
+        # From the database's own clocks: the last instance committed by ingest, and what was
+        # published after that moment.
+        last_received, last_stored, behind = self.databases.query(
+            "SELECT max(i.received_at), max(o.stored_at),"
+            " count(*) FILTER (WHERE o.stored_at >"
+            " (SELECT max(received_at) FROM studies_instance))"
+            " FROM studies_instance i JOIN sharing_storedobject o ON o.instance_id = i.id"
+        )
+        self.check_round(label, spool)
+        return Together(
+            run=run,
+            ingest_rate=ingest["instances"] / ingest["seconds"],
+            behind_at_end=int(behind),
+            drain_seconds=max(0.0, (last_stored - last_received).total_seconds()),
+        )
+
     def most_at_once(self) -> int:
         """The most publish tasks at work at the same moment (claim to last object recorded)."""
         intervals = self.databases.column(
@@ -855,6 +927,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def report(
     rounds: list[Round],
     configs: list[Config],
+    together: list[Together],
     profile: dict[str, Any] | None,
     machine: list[tuple[str, str]],
     busy: float,
@@ -917,6 +990,24 @@ def report(
             f" publish {r.publish_seconds:6.2f} s = {r.publish_rate:6.1f}/s;"
             f" wall {r.wall_seconds:6.2f} s; tasks {r.tasks}; at once {r.most_at_once};"
             f" worker CPU {r.worker_cpu_seconds:5.2f} s; CPUs busy {r.machine_busy:.0%}"
+        )
+    if together:
+        lines.append("")
+        lines.append(
+            "Ingest and publish at once (the worker as started, running before ingest begins):"
+        )
+        lines.append("")
+        lines += markdown_table(
+            ["run", "ingest inst/s meanwhile", "behind when ingest ended", "last one published"],
+            [
+                [
+                    str(t.run),
+                    f"{t.ingest_rate:.1f}",
+                    f"{t.behind_at_end} of {rounds[0].instances}",
+                    f"{t.drain_seconds:.2f} s after",
+                ]
+                for t in together
+            ],
         )
     if profile is not None:
         count = profile["published"]
@@ -1037,6 +1128,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process timing")
     parser.add_argument(
+        "--no-together", action="store_true", help="skip the rounds of ingest and publish at once"
+    )
+    parser.add_argument(
         "--cprofile-top",
         type=int,
         default=0,
@@ -1091,6 +1185,14 @@ def benchmark(args: argparse.Namespace) -> int:
                         f" ({result.publish_seconds:.2f} s, {result.tasks} tasks)"
                     )
                     rounds.append(result)
+            together: list[Together] = []
+            for run in range(1, 0 if args.no_together else args.runs + 1):
+                say(f"run {run}: ingest while one worker publishes...")
+                together.append(bench.together_round(run))
+                say(
+                    f"  ingest {together[-1].ingest_rate:.1f}/s;"
+                    f" {together[-1].behind_at_end} behind when it ended"
+                )
             profile = None
             if not args.no_profile:
                 say("in-process round with timers...")
@@ -1099,12 +1201,13 @@ def benchmark(args: argparse.Namespace) -> int:
         finally:
             say("cleaning up...")
             bench.cleanup()
-    print(report(rounds, args.config_list, profile, machine, busy, args))
+    print(report(rounds, args.config_list, together, profile, machine, busy, args))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "rounds": [asdict(r) for r in rounds],
+                    "together": [asdict(t) for t in together],
                     "profile": profile,
                     "machine": machine,
                     "busy_before": busy,

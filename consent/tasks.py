@@ -3,7 +3,8 @@
 Access ends at the withdrawal's commit, not here: every read calls the access decision, which
 denies a withdrawn grant from that moment. This task only informs (the patient, and the named
 clinician of a share-link grant) and removes what the grant left behind, so a task that runs
-late or twice never widens access.
+late or twice never widens access. (The share links made under the grant end with it: the
+decision denies them, and `sharing.receivers` tells their recipients.)
 
 `consent.receivers` queues it on commit for every new withdrawal, whoever recorded it.
 """
@@ -55,7 +56,6 @@ def consent_withdrawal_followup_task(self: Task, withdrawal_id: int) -> dict[str
     if withdrawal is None:
         return {"sent": 0}
     grant = withdrawal.grant
-    revoked = revoke_share_links_for_grant(grant)
     removed = remove_derived_copies_for_grant(grant)
     try:
         sent = send_withdrawal_confirmations(withdrawal)
@@ -66,25 +66,13 @@ def consent_withdrawal_followup_task(self: Task, withdrawal_id: int) -> dict[str
                 withdrawal_id,
                 type(exc).__name__,
             )
-            return {"sent": 0, "links_revoked": revoked, "copies_removed": removed}
+            return {"sent": 0, "copies_removed": removed}
         delay = min(30 * 2**self.request.retries, RETRY_MAX_SECONDS)
         raise self.retry(exc=exc, countdown=delay * random.uniform(0.8, 1.2)) from exc  # noqa: S311
-    return {"sent": sent, "links_revoked": revoked, "copies_removed": removed}
+    return {"sent": sent, "copies_removed": removed}
 
 
 # --- Hooks for what a grant leaves behind ------------------------------------------------------
-
-
-def revoke_share_links_for_grant(grant: ConsentGrant) -> int:
-    """Revoke the share links made under `grant`; returns how many were revoked.
-
-    Share links are a later feature, so there is nothing to revoke yet and this returns 0.
-    When they exist, mark the grant's unrevoked links revoked here (one conditional update,
-    so a second run changes nothing). They already stop working at the withdrawal's commit:
-    the access decision denies every link of a withdrawn grant; this makes that visible
-    on the links themselves.
-    """
-    return 0
 
 
 def remove_derived_copies_for_grant(grant: ConsentGrant) -> int:

@@ -276,6 +276,10 @@ if S3_BUCKET:
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
+                # Uploads carry Content-MD5 and objects authenticate themselves (AES-GCM), so
+                # botocore's extra CRC32 of every body (its default since 1.36) only costs CPU.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             ),
         },
     }
@@ -339,6 +343,10 @@ PUBLISH_BATCH_SIZE = env_int("PUBLISH_BATCH_SIZE", 32)
 # Objects up to this size are encrypted in memory and uploaded in one request the store checks
 # by MD5; larger ones stream in constant memory and are read back to be checked.
 PUBLISH_IN_MEMORY_MAX_BYTES = env_int("PUBLISH_IN_MEMORY_MAX_BYTES", 32 * 1024**2)
+# Instances each worker process encrypts and uploads at once (threads; 1: one after another in
+# the task's own thread). The store's answer is mostly waiting, so a few overlap well; each
+# holds up to PUBLISH_IN_MEMORY_MAX_BYTES of ciphertext while it is sent.
+PUBLISH_UPLOADS_IN_FLIGHT = env_int("PUBLISH_UPLOADS_IN_FLIGHT", 4)
 # A claim not finished after this long is released by the sweeper (its worker died).
 PUBLISH_CLAIM_LEASE_SECONDS = env_int("PUBLISH_CLAIM_LEASE_SECONDS", 900)
 # Instances waiting this long with no task (a lost queue) get one from the sweeper.
@@ -349,6 +357,30 @@ PUBLISH_MAX_RETRIES = env_int("PUBLISH_MAX_RETRIES", 50)
 PUBLISH_RETRY_MAX_SECONDS = env_int("PUBLISH_RETRY_MAX_SECONDS", 30)
 # Where consent keeps signed authorizations: encrypted like study data (consent/documents.py).
 CONSENT_DOCUMENT_VAULT = "sharing.documents.EncryptedDocumentVault"
+
+# --- Share links (sharing/links.py) -------------------------------------------------------------
+# How long a new link works unless the patient chooses otherwise, and the longest they may
+# choose; never past the consent grant it reads under.
+LINK_DEFAULT_DAYS = env_int("LINK_DEFAULT_DAYS", 14)
+LINK_MAX_DAYS = env_int("LINK_MAX_DAYS", 90)
+# The e-mailed one-time code: how long it works and how many tries it allows.
+LINK_CODE_VALIDITY_SECONDS = env_int("LINK_CODE_VALIDITY_SECONDS", 600)
+LINK_CODE_MAX_ATTEMPTS = env_int("LINK_CODE_MAX_ATTEMPTS", 5)
+# Guessing, within each window: wrong codes per link and per client address, codes e-mailed per
+# link and per address, and refused link tokens per address. Past a limit the link's code step
+# (or the address) is refused until the window ends.
+LINK_GUESS_WINDOW_SECONDS = env_int("LINK_GUESS_WINDOW_SECONDS", 3600)
+LINK_CODE_FAILURES_PER_LINK = env_int("LINK_CODE_FAILURES_PER_LINK", 10)
+LINK_CODE_FAILURES_PER_ADDRESS = env_int("LINK_CODE_FAILURES_PER_ADDRESS", 20)
+LINK_CODE_SENDS_PER_LINK = env_int("LINK_CODE_SENDS_PER_LINK", 5)
+LINK_CODE_SENDS_PER_ADDRESS = env_int("LINK_CODE_SENDS_PER_ADDRESS", 10)
+LINK_TOKEN_GUESSES_PER_ADDRESS = env_int("LINK_TOKEN_GUESSES_PER_ADDRESS", 20)
+# A browser that proved the code reads the link this long before it is asked again.
+LINK_SESSION_HOURS = env_int("LINK_SESSION_HOURS", 8)
+# The recipient is warned this many days before a link expires (hourly beat task).
+LINK_EXPIRY_WARNING_DAYS = env_int("LINK_EXPIRY_WARNING_DAYS", 3)
+# The patient hears of downloads through one link at most once in this many minutes.
+LINK_DOWNLOAD_NOTICE_MINUTES = env_int("LINK_DOWNLOAD_NOTICE_MINUTES", 60)
 
 # --- Celery ------------------------------------------------------------------------------------
 # Without REDIS_URL tasks run in-process (embedded default); with it, separate workers and beat.
@@ -384,6 +416,10 @@ CELERY_BEAT_SCHEDULE = {
     "spool-sweep": {"task": "studies.spool_sweep", "schedule": timedelta(minutes=15)},
     "publish-sweep": {"task": "sharing.publish_sweep", "schedule": timedelta(minutes=1)},
     "retention-sweep": {"task": "sharing.retention_sweep", "schedule": timedelta(days=1)},
+    "share-link-expiry-warnings": {
+        "task": "sharing.share_link_expiry_warnings",
+        "schedule": timedelta(hours=1),
+    },
 }
 CELERY_TIMEZONE = "UTC"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 
 from accounts.models import User
@@ -59,3 +61,18 @@ def signed_in_access(request: HttpRequest, study: Study) -> ReadAccess | None:
             reader = Reader(ActorKind.USER, user.pk, request, facility_id, PurposeOfUse.TREATMENT)
             return actor_access(actor, PurposeOfUse.TREATMENT, reader)
     return None
+
+
+class AccessResolver(Protocol):
+    """How a route of the viewer or the download finds who may read `study` in this request:
+    a ReadAccess to go on, None for "not found" (audited by the caller), or a response to send
+    as it is (a share link's "prove your e-mail address" page). `route` holds the URL's other
+    arguments (a share link's id)."""
+
+    def __call__(
+        self, request: HttpRequest, study: Study, /, **route: Any
+    ) -> ReadAccess | HttpResponseBase | None: ...
+
+
+def signed_in_resolver(request: HttpRequest, study: Study, /, **route: Any) -> ReadAccess | None:
+    return signed_in_access(request, study)

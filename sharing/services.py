@@ -25,19 +25,23 @@ import hashlib
 import io
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import partial
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.codes import Action, ActorKind, Outcome, TargetKind
-from audit.services import audit_record
+from audit.services import DetailValue, audit_record
 from consent.models import SignedAuthorization
 from sharing.crypto import (
     DEFAULT_SEGMENT_SIZE,
@@ -54,7 +58,7 @@ from sharing.keys import existing_study_data_key, study_data_key
 from sharing.models import StoredObject, StudyKey
 from sharing.store import ObjectCorrupted, ObjectStore, StoreUnavailable, get_object_store
 from studies.models import Instance, Series, Study
-from studies.spool import get_spool
+from studies.spool import Spool, get_spool
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -66,10 +70,6 @@ OBJECT_KIND = "instance"
 
 class PublishFailed(Exception):
     """An uploaded object did not read back as the instance received; it was not recorded."""
-
-
-class ClaimLost(Exception):
-    """The sweeper released this claim while the task worked on it (its lease ran out)."""
 
 
 def publish_queue(node: str) -> str:
@@ -95,6 +95,13 @@ class _Claim:
     stored: StoredObject
 
 
+@dataclass
+class _Uploaded:
+    claim: _Claim
+    object_id: bytes
+    size: int
+
+
 def publish_spooled(
     node: str,
     *,
@@ -107,7 +114,11 @@ def publish_spooled(
     then new ones. Raises StoreUnavailable (after letting go of what it could) for a retry.
 
     `on_full_batch` is called once a full batch is claimed, before any of it is published: the
-    task queues the next batch there, so a backlog keeps every worker process busy."""
+    task queues the next batch there, so a backlog keeps every worker process busy.
+
+    Up to PUBLISH_UPLOADS_IN_FLIGHT instances are encrypted and uploaded at once (the store's
+    answer is mostly waiting), and what has been uploaded is recorded a group at a time, one
+    transaction each, so that commits do not cost one disk flush per instance."""
     token = claim_token or uuid.uuid4().hex
     size = batch_size or settings.PUBLISH_BATCH_SIZE
     store = store or get_object_store()
@@ -117,22 +128,8 @@ def publish_spooled(
     report = PublishReport(more=len(claims) >= size)
     if report.more and on_full_batch is not None:
         on_full_batch()
-    data_keys: dict[int, DataKey] = {}
     try:
-        for position, claim in enumerate(claims):
-            try:
-                _publish_one(claim, store, data_keys)
-            except StoreUnavailable:
-                report.released = _release(claims[position:], store)
-                raise
-            except ClaimLost:
-                continue
-            except (PublishFailed, OSError):
-                # A spool file gone or a read-back that does not match: loud, and left claimed so
-                # that the sweeper retries it after the lease rather than in a tight loop.
-                logger.exception("Publishing instance %s failed", claim.instance.pk)
-                continue
-            report.published += 1
+        _publish_claims(claims, store, report)
     finally:
         _settle_studies({claim.instance.study_id for claim in claims})
     return report
@@ -154,15 +151,21 @@ def _claim(node: str, token: str, size: int) -> list[_Claim]:
             .filter(spool_node=node, state=Instance.State.RECEIVED)
             .order_by("pk")[:size]
         )
-        # Each claim is conditional: without row locks (SQLite) another claimer may have
-        # taken an instance since the select, and then this one does not.
-        candidates = [
-            instance
-            for instance in candidates
-            if Instance.objects.filter(pk=instance.pk, state=Instance.State.RECEIVED).update(
+        if connection.features.has_select_for_update_skip_locked:
+            # The rows are locked: one update claims them all.
+            Instance.objects.filter(pk__in=[instance.pk for instance in candidates]).update(
                 state=Instance.State.PUBLISHING
             )
-        ]
+        else:
+            # No row locks (SQLite): another claimer may have taken an instance since the
+            # select, so each claim is a conditional update of its own.
+            candidates = [
+                instance
+                for instance in candidates
+                if Instance.objects.filter(pk=instance.pk, state=Instance.State.RECEIVED).update(
+                    state=Instance.State.PUBLISHING
+                )
+            ]
         if not candidates:
             return []
         stored = StoredObject.objects.bulk_create(
@@ -181,13 +184,58 @@ def _claim(node: str, token: str, size: int) -> list[_Claim]:
     return [_Claim(instance, record) for instance, record in zip(candidates, stored, strict=True)]
 
 
-def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey]) -> None:
+def _publish_claims(claims: list[_Claim], store: ObjectStore, report: PublishReport) -> None:
+    # Data keys come from the database, so they are fetched here, never in an upload thread.
+    data_keys: dict[int, DataKey] = {}
+    for claim in claims:
+        if claim.instance.study_id not in data_keys:
+            data_keys[claim.instance.study_id] = study_data_key(claim.instance.study)
+    uploads = [
+        (claim, _submit(_upload, claim, store, data_keys[claim.instance.study_id]))
+        for claim in claims
+    ]
+    waiting: list[_Uploaded] = []  # uploaded, not recorded yet
+    recorded: set[int] = set()
+    unavailable: StoreUnavailable | None = None
+
+    def record_waiting() -> None:
+        recorded.update(upload.claim.stored.pk for upload in _record(waiting, store))
+        waiting.clear()
+
+    for claim, upload in uploads:
+        # A group ends when it is full, or when the next upload is still running: what is
+        # uploaded is recorded meanwhile, so the progress bar moves while the batch runs.
+        if waiting and (len(waiting) >= RECORD_GROUP_SIZE or not upload.done()):
+            record_waiting()
+        if upload.cancelled():
+            continue
+        try:
+            waiting.append(upload.result())
+        except StoreUnavailable as exc:
+            unavailable = unavailable or exc
+            for _, later in uploads:  # those not started yet would only wait for it too
+                later.cancel()
+        except (PublishFailed, OSError):
+            # A spool file gone or a read-back that does not match: loud, and left claimed so
+            # that the sweeper retries it after the lease rather than in a tight loop.
+            logger.exception("Publishing instance %s failed", claim.instance.pk)
+    record_waiting()
+    report.published = len(recorded)
+    if unavailable is not None:
+        unrecorded = [claim for claim in claims if claim.stored.pk not in recorded]
+        report.released = _release(unrecorded, store)
+        raise unavailable
+
+
+# Uploads recorded in one transaction at most.
+RECORD_GROUP_SIZE = 16
+
+
+def _upload(claim: _Claim, store: ObjectStore, data_key: DataKey) -> _Uploaded:
+    """Encrypt the spool file and upload it, checked; no database work (it may run in a
+    thread of its own)."""
     instance, stored = claim.instance, claim.stored
-    data_key = data_keys.get(instance.study_id)
-    if data_key is None:
-        data_key = data_keys[instance.study_id] = study_data_key(instance.study)
-    spool = get_spool()
-    path = spool.path_of(instance.spool_name)
+    path = get_spool().path_of(instance.spool_name)
     encryptor = ObjectEncryptor(data_key, segment_size=stored.segment_size)
     expected_size = ciphertext_size(instance.size_bytes, segment_size=stored.segment_size)
     if expected_size <= settings.PUBLISH_IN_MEMORY_MAX_BYTES:
@@ -207,29 +255,71 @@ def _publish_one(claim: _Claim, store: ObjectStore, data_keys: dict[int, DataKey
         with path.open("rb") as plaintext:
             store.put(stored.name, encryptor.reader(plaintext))
         _verify(store, stored.name, data_key, encryptor.object_id, instance)
+    return _Uploaded(claim, encryptor.object_id, expected_size)
 
+
+def _record(uploaded: list[_Uploaded], store: ObjectStore) -> list[_Uploaded]:
+    """Record uploaded objects as stored and their instances as published, in one transaction;
+    returns those recorded. An upload whose claim the sweeper released meanwhile (its lease ran out)
+    is not recorded: a later claim publishes that instance under another name, so the object
+    this one uploaded is deleted."""
+    if not uploaded:
+        return []
+    spool = get_spool()
+    finished: list[_Uploaded] = []
+    now = timezone.now()
     with transaction.atomic():
-        finished = StoredObject.objects.filter(
-            pk=instance.pk, name=stored.name, state=StoredObject.State.UPLOADING
-        ).update(
-            state=StoredObject.State.STORED,
-            object_id=encryptor.object_id,
-            size_bytes=expected_size,
-            stored_at=timezone.now(),
-        )
-        if finished:
-            Instance.objects.filter(pk=instance.pk, state=Instance.State.PUBLISHING).update(
-                state=Instance.State.PUBLISHED, spool_name=""
+        for upload in uploaded:
+            stored = upload.claim.stored
+            if StoredObject.objects.filter(
+                pk=stored.pk, name=stored.name, state=StoredObject.State.UPLOADING
+            ).update(
+                state=StoredObject.State.STORED,
+                object_id=upload.object_id,
+                size_bytes=upload.size,
+                stored_at=now,
+            ):
+                finished.append(upload)
+        instances = [upload.claim.instance for upload in finished]
+        Instance.objects.filter(
+            pk__in=[instance.pk for instance in instances], state=Instance.State.PUBLISHING
+        ).update(state=Instance.State.PUBLISHED, spool_name="")
+        for study_id, count in Counter(instance.study_id for instance in instances).items():
+            Study.objects.filter(pk=study_id).update(
+                number_of_published_instances=F("number_of_published_instances") + count
             )
-            Study.objects.filter(pk=instance.study_id).update(
-                number_of_published_instances=F("number_of_published_instances") + 1
-            )
-            transaction.on_commit(lambda: spool.discard(path))
-    if not finished:
-        # Released by the sweeper meanwhile: a later claim publishes the instance under
-        # another name, so what this one uploaded must go.
-        _delete_quietly(store, stored.name)
-        raise ClaimLost(stored.name)
+        paths = [spool.path_of(instance.spool_name) for instance in instances]
+        transaction.on_commit(partial(_discard_all, spool, paths))
+    for upload in uploaded:
+        if upload not in finished:
+            _delete_quietly(store, upload.claim.stored.name)
+    return finished
+
+
+def _discard_all(spool: Spool, paths: list[Path]) -> None:
+    for path in paths:
+        spool.discard(path)
+
+
+# Encrypting and uploading run in threads that live as long as the process: each keeps its own
+# connection to the store (django-storages makes one per thread), so a task pays no set-up.
+_upload_threads: ThreadPoolExecutor | None = None
+
+
+def _submit(function: Callable[..., _Uploaded], *args: object) -> Future[_Uploaded]:
+    global _upload_threads
+    in_flight = settings.PUBLISH_UPLOADS_IN_FLIGHT
+    if in_flight > 1:
+        if _upload_threads is None:
+            _upload_threads = ThreadPoolExecutor(in_flight, thread_name_prefix="publish-upload")
+        return _upload_threads.submit(function, *args)
+    # One at a time: in the calling thread, in order (and simple to time and to debug).
+    future: Future[_Uploaded] = Future()
+    try:
+        future.set_result(function(*args))
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
 
 
 class _HashingReader(io.RawIOBase):
@@ -470,8 +560,24 @@ def read_instance(
     if offset < 0 or offset > instance.size_bytes:
         raise ValueError("offset outside the instance")
     data_key = existing_study_data_key(instance.study_id)
+    audit_instance_read(instance, reader, detail={"offset": offset} if offset else None)
+    return _plaintext(
+        instance, stored, data_key, reader, offset, still_allowed, store or get_object_store()
+    )
+
+
+def audit_instance_read(
+    instance: Instance,
+    reader: Reader,
+    *,
+    action: str = Action.INSTANCE_READ,
+    outcome: str = Outcome.ALLOWED,
+    detail: Mapping[str, DetailValue] | None = None,
+) -> None:
+    """One audit row for a read of an instance (allowed, refused or failed), by `reader`."""
     audit_record(
-        action=Action.INSTANCE_READ,
+        action=action,
+        outcome=outcome,
         request=reader.request,
         actor_kind=reader.actor_kind,
         actor_id=reader.actor_id,
@@ -481,10 +587,7 @@ def read_instance(
         patient_id=instance.study.patient_id,
         study_id=instance.study_id,
         purpose=reader.purpose,
-        detail={"offset": offset} if offset else None,
-    )
-    return _plaintext(
-        instance, stored, data_key, reader, offset, still_allowed, store or get_object_store()
+        detail=detail,
     )
 
 
@@ -497,37 +600,42 @@ def _plaintext(
     still_allowed: Callable[[], bool] | None,
     store: ObjectStore,
 ) -> Iterator[bytes]:
+    object_id = bytes(stored.object_id or b"")
     try:
+        if offset == 0:
+            # From the start (most reads): one request for the header and the body.
+            with store.open(stored.name) as body:
+                chunks = decrypt_stream(body, data_key, expected_object_id=object_id)
+                yield from _released(chunks, still_allowed)
+            return
+        # From an offset: the header first, then a ranged read from the segment that holds it.
         with store.open(stored.name) as head:
             header = head.read(HEADER_SIZE)
-        decryptor = ObjectDecryptor(
-            header, data_key, expected_object_id=bytes(stored.object_id or b"")
-        )
+        decryptor = ObjectDecryptor(header, data_key, expected_object_id=object_id)
         with store.open(stored.name, offset=decryptor.ciphertext_offset(offset)) as body:
-            for chunk in decryptor.decrypt(body, offset=offset):
-                if still_allowed is not None and not still_allowed():
-                    return
-                yield chunk
+            yield from _released(decryptor.decrypt(body, offset=offset), still_allowed)
     except IntegrityError as exc:
         logger.critical(
             "ALERT: stored object of instance %s failed its integrity check (%s)",
             instance.pk,
             exc,
         )
-        audit_record(
+        audit_instance_read(
+            instance,
+            reader,
             action=Action.OBJECT_INTEGRITY_FAILED,
             outcome=Outcome.ERROR,
-            request=reader.request,
-            actor_kind=reader.actor_kind,
-            actor_id=reader.actor_id,
-            facility_id=reader.facility_id,
-            target_kind=TargetKind.INSTANCE,
-            target_id=instance.pk,
-            patient_id=instance.study.patient_id,
-            study_id=instance.study_id,
             detail={"object": stored.name},
         )
         raise
+
+
+def _released(chunks: Iterator[bytes], still_allowed: Callable[[], bool] | None) -> Iterator[bytes]:
+    """Each authenticated segment, once access is confirmed again; stops when it is not."""
+    for chunk in chunks:
+        if still_allowed is not None and not still_allowed():
+            return
+        yield chunk
 
 
 # --- Ending: crypto-shred, retention, legal hold ---------------------------------------------

@@ -9,25 +9,20 @@ daily retention sweep skips it. The study page (studies) shows the hold and post
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
-
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET
-from PIL import Image
 
 from accounts.policies import LOGIN, ROLE, policy
 from audit.codes import Action, Outcome, TargetKind
 from audit.services import audit_record
 from facilities.models import Membership, Role
 from sharing.access import signed_in_access
-from sharing.services import read_instance, study_set_legal_hold
-from studies.models import Instance, Series, Study
-from studies.rendering import THUMBNAIL_SIZE, RenderError, render_frame
+from sharing.frames import FrameRefused, series_thumbnail, thumbnail_response
+from sharing.services import study_set_legal_hold
+from studies.models import Series, Study
 
 REASON_MAX_LENGTH = 200
 
@@ -63,10 +58,6 @@ def legal_hold(request: HttpRequest, study_id: str) -> HttpResponse:
     return redirect("studies:study", study_id=study.public_id)
 
 
-# Bigger instances (long multi-frame cines) are not worth decrypting whole for 128 pixels.
-THUMBNAIL_SOURCE_MAX_BYTES = 64 * 1024**2
-
-
 @policy(LOGIN)
 @require_GET
 def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
@@ -79,39 +70,17 @@ def study_thumbnail(request: HttpRequest, study_id: str) -> HttpResponse:
                      target_kind=TargetKind.STUDY, target_id=study.pk, study_id=study.pk,
                      patient_id=study.patient_id)  # fmt: skip
         raise Http404("No such study")
-    instance = representative_instance(study)
-    png = _no_picture_png()  # nothing published yet, or only reports: a plain square
-    if instance is not None:
-        plaintext = b"".join(read_instance(instance, access.reader))
-        with contextlib.suppress(RenderError):
-            png = render_frame(plaintext, size=THUMBNAIL_SIZE)
-    response = HttpResponse(png, content_type="image/png")
-    # Only this browser may keep it, briefly: it is a picture of the patient.
-    response["Cache-Control"] = "private, max-age=300"
-    return response
+    series = first_series_of_images(study)
+    try:
+        image = series_thumbnail(series, access) if series is not None else None
+    except FrameRefused:
+        raise Http404("No such study") from None
+    return thumbnail_response(image)
 
 
-@functools.cache
-def _no_picture_png() -> bytes:
-    output = io.BytesIO()
-    Image.new("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), 17).save(output, "PNG")
-    return output.getvalue()
-
-
-def representative_instance(study: Study) -> Instance | None:
-    """The middle image of the study's first series of images, once published."""
-    series = (
+def first_series_of_images(study: Study) -> Series | None:
+    return (
         Series.objects.filter(study=study, instances__rows__isnull=False)
         .order_by("series_number", "pk")
         .first()
     )
-    if series is None:
-        return None
-    images = Instance.objects.filter(
-        series=series,
-        rows__isnull=False,
-        state=Instance.State.PUBLISHED,
-        size_bytes__lte=THUMBNAIL_SOURCE_MAX_BYTES,
-    ).order_by("instance_number", "pk")
-    count = images.count()
-    return images.select_related("study")[count // 2] if count else None

@@ -84,6 +84,89 @@ def render_frame(
     return output.getvalue()
 
 
+@dataclass(frozen=True)
+class DisplayFacts:
+    """What a viewer needs to know of an instance before it shows a frame, from the header."""
+
+    grayscale: bool
+    # The window a viewer starts from: the header's first, else the whole range the stored
+    # values can take after the modality LUT; None for colour.
+    window: Window | None
+    window_from_header: bool
+    # Cine speed of a multi-frame instance: Frame Time, else Recommended Display Frame Rate.
+    frame_time_ms: float | None
+
+
+# A cine faster than this is not worth asking the server for, slower looks like slides.
+FRAME_TIME_RANGE_MS = (10.0, 2000.0)
+
+
+def display_facts(header: IO[bytes] | bytes) -> DisplayFacts:
+    """Read the facts from the start of an instance; the pixel data need not be there.
+
+    Raises RenderError when the bytes do not start a DICOM instance or stop before the
+    image attributes (group 0028); the caller then reads more of it and asks again."""
+    stream = io.BytesIO(header) if isinstance(header, bytes | bytearray) else header
+    try:
+        dataset = dcmread(stream, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
+        raise RenderError("This is not a readable DICOM instance.") from exc
+    if "Rows" not in dataset or "PhotometricInterpretation" not in dataset:
+        raise RenderError("The header ends before its image attributes.")
+    photometric = str(dataset.PhotometricInterpretation).upper()
+    grayscale = photometric in ("MONOCHROME1", "MONOCHROME2")
+    window, from_header = None, False
+    if grayscale:
+        header_window = (
+            _header_window(dataset)
+            if "WindowCenter" in dataset and "WindowWidth" in dataset
+            else None
+        )
+        window, from_header = (
+            (header_window, True) if header_window else (_stored_range(dataset), False)
+        )
+    return DisplayFacts(grayscale, window, from_header, _frame_time_ms(dataset))
+
+
+def _stored_range(dataset: Dataset) -> Window | None:
+    """Every value BitsStored allows, through the modality LUT."""
+    try:
+        bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 16)
+        signed = int(dataset.get("PixelRepresentation") or 0) == 1
+    except (TypeError, ValueError):
+        return None
+    bits = min(max(bits, 1), 32)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    try:
+        ends = apply_modality_lut(np.array([low, high], dtype=np.int64), dataset)
+    except Exception:  # a malformed modality LUT: no starting window, the viewer copes
+        return None
+    first, last = float(np.min(ends)), float(np.max(ends))
+    try:
+        return Window((first + last) / 2, max(last - first, 1.0))
+    except ValueError:
+        return None
+
+
+def _frame_time_ms(dataset: Dataset) -> float | None:
+    try:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        if frames <= 1:
+            return None
+        if dataset.get("FrameTime"):
+            milliseconds = float(dataset.FrameTime)
+        elif dataset.get("RecommendedDisplayFrameRate"):
+            milliseconds = 1000.0 / float(dataset.RecommendedDisplayFrameRate)
+        else:
+            return None
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not np.isfinite(milliseconds):
+        return None
+    low, high = FRAME_TIME_RANGE_MS
+    return min(max(milliseconds, low), high)
+
+
 def _read(source: IO[bytes] | bytes) -> Dataset:
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
@@ -104,19 +187,42 @@ def _to_image(dataset: Dataset, pixels: np.ndarray, window: Window | None) -> Im
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels, float(pixels.min()), float(pixels.max()))
         return Image.fromarray(pixels, "RGB")
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
-    if window is not None:
-        gray = _linear_window(values, window)
-    elif "VOILUTSequence" in dataset:
+    if window is None and "VOILUTSequence" in dataset:
         lut = apply_voi_lut(pixels, dataset, index=0).astype(np.float64)
         gray = _to_uint8(lut, float(lut.min()), float(lut.max()))
-    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
-        gray = _linear_window(values, _header_window(dataset) or _full_range(values))
+    elif pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2:
+        gray = _gray_by_lookup(dataset, pixels, window)
     else:
-        gray = _linear_window(values, _full_range(values))
+        gray = _gray(apply_modality_lut(pixels, dataset).astype(np.float64), dataset, window)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return Image.fromarray(gray, "L")
+
+
+def _gray_by_lookup(dataset: Dataset, pixels: np.ndarray, window: Window | None) -> np.ndarray:
+    """The same arithmetic as `_gray`, done once per stored value rather than once per pixel.
+
+    A 16-bit frame holds at most 65536 distinct values, and a 512x512 CT slice a few thousand:
+    building the table of the modality LUT and the window over the frame's range of stored
+    values, then indexing it with the frame, costs a fraction of the float64 arithmetic and
+    clipping over every pixel (about 1 ms instead of 8 for a CT slice).
+    """
+    low, high = int(pixels.min()), int(pixels.max())
+    stored = np.arange(low, high + 1, dtype=np.int32)
+    table = _gray(apply_modality_lut(stored, dataset).astype(np.float64), dataset, window)
+    if low == 0:
+        return table[pixels]
+    return table[np.subtract(pixels, low, dtype=np.int32)]
+
+
+def _gray(values: np.ndarray, dataset: Dataset, window: Window | None) -> np.ndarray:
+    """Modality-LUT output onto 0..255: the caller's window, else the header's first, else the
+    values' own range."""
+    if window is not None:
+        return _linear_window(values, window)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        return _linear_window(values, _header_window(dataset) or _full_range(values))
+    return _linear_window(values, _full_range(values))
 
 
 def _header_window(dataset: Dataset) -> Window | None:

@@ -113,15 +113,11 @@ def test_it_sends_no_withdrawal_email_for_a_change(
     assert list(mailbox) == []
 
 
-def test_it_runs_the_clean_up_hooks(patient, patient_record, receiver, ct, mailbox):
+def test_it_runs_the_clean_up_hook(patient, patient_record, receiver, ct, mailbox):
     grant = grant_to(patient, patient_record, grantee_facility=receiver)
     withdrawal = withdraw_consent(grant, by=patient)
-    with (
-        mock.patch("consent.tasks.revoke_share_links_for_grant", return_value=0) as revoke,
-        mock.patch("consent.tasks.remove_derived_copies_for_grant", return_value=0) as remove,
-    ):
+    with mock.patch("consent.tasks.remove_derived_copies_for_grant", return_value=0) as remove:
         consent_withdrawal_followup_task(withdrawal.pk)
-    revoke.assert_called_once_with(grant)
     remove.assert_called_once_with(grant)
 
 

@@ -57,3 +57,72 @@ def store(stack_env) -> ObjectStore:
         for name in list(store.names(kind)):
             store.delete(name)
     return store
+
+
+# --- Share links (tests/sharing/test_links*.py) --------------------------------------------------
+# Index rows without files: the link pages and the access decision never read the images.
+
+LINK_RECIPIENT = "dr.who@clinic.example.org"
+
+
+@pytest.fixture
+def shared_study(patient_record, origin) -> Study:
+    """The patient's CT, available, with one series."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import SeriesFactory, StudyFactory
+
+    study = StudyFactory(
+        patient=patient_record,
+        source_facility=origin,
+        description="CT CHEST W/O CONTRAST",
+        modalities_in_study="CT",
+        study_date=timezone.localdate() - timedelta(days=30),
+        state=Study.State.AVAILABLE,
+        number_of_series=1,
+        number_of_instances=3,
+    )
+    SeriesFactory(study=study, description="AXIAL 5MM", body_part="CHEST", number_of_instances=3)
+    return study
+
+
+@pytest.fixture
+def second_study(patient_record, origin) -> Study:
+    """Another study of the same patient, not shared by `make_link`'s default."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import SeriesFactory, StudyFactory
+
+    study = StudyFactory(
+        patient=patient_record,
+        source_facility=origin,
+        description="MR KNEE LEFT",
+        modalities_in_study="MR",
+        study_date=timezone.localdate() - timedelta(days=10),
+        state=Study.State.AVAILABLE,
+    )
+    SeriesFactory(study=study, description="SAG PD", body_part="KNEE", modality="MR")
+    return study
+
+
+@pytest.fixture
+def make_link(patient, patient_record, shared_study):
+    """`make_link(**ShareLinkRequest fields)` -> (link, raw token): the patient shares
+    `shared_study` with LINK_RECIPIENT at a facility not on the portal, for a second opinion."""
+    from consent.models import Purpose
+    from sharing.links import ShareLinkRequest, create_share_link
+
+    def make(*, by=None, **options):
+        options.setdefault("studies", [shared_study])
+        options.setdefault("recipient_email", LINK_RECIPIENT)
+        options.setdefault("purpose", Purpose.SECOND_OPINION)
+        if "recipient_facility" not in options:
+            options.setdefault("recipient_facility_name", "Dr Who's Clinic")
+        wanted = ShareLinkRequest(patient=patient_record, **options)
+        return create_share_link(wanted, by=by or patient)
+
+    return make

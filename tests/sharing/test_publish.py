@@ -221,8 +221,9 @@ def test_the_sweeper_releases_stale_claims_and_deletes_what_they_uploaded(
     with pytest.raises(SystemExit):
         publish_spooled(NODE, store=store)
     monkeypatch.undo()
-    orphan_candidates = stored_names(store)
-    assert len(orphan_candidates) == 1
+    # Uploads run a few at once, so the death may leave more than one object; none recorded.
+    assert stored_names(store)
+    assert not StoredObject.objects.filter(state=StoredObject.State.STORED).exists()
 
     assert publish_sweep(lease=timedelta(hours=1), store=store).released == 0
     report = publish_sweep(lease=timedelta(0), waiting_for=timedelta(0), store=store)
@@ -236,8 +237,9 @@ def test_the_sweeper_releases_stale_claims_and_deletes_what_they_uploaded(
 
 
 def test_a_claim_released_while_its_task_works_is_not_published_twice(
-    received_study, store, monkeypatch
+    received_study, store, monkeypatch, settings
 ) -> None:
+    settings.PUBLISH_UPLOADS_IN_FLIGHT = 1  # the sweep below uses the test's own transaction
     received_study(instances=1)
     real_put = store.put_verified
 

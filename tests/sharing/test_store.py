@@ -24,6 +24,7 @@ from sharing.store import (
     ObjectMissing,
     ObjectStore,
     StoreUnavailable,
+    _shared_client,
     get_object_store,
 )
 
@@ -225,7 +226,7 @@ def test_it_writes_a_checked_object_in_one_request(store: ObjectStore) -> None:
 def test_it_reports_an_object_the_store_kept_differently(
     s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = s3_store.storage.connection.meta.client
+    client = _shared_client(s3_store.storage)
     real_put = client.put_object
     monkeypatch.setattr(
         client, "put_object", lambda **kwargs: {**real_put(**kwargs), "ETag": '"0" * 32'}

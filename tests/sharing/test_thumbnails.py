@@ -32,7 +32,7 @@ def test_the_patient_sees_a_thumbnail_of_their_study(client, patient, published)
     client.force_login(patient)
     response = client.get(url(published))
     assert response.status_code == 200
-    assert response["Content-Type"] == "image/png"
+    assert response["Content-Type"] == "image/jpeg"
     assert response["Cache-Control"] == "private, max-age=300"
     image = Image.open(io.BytesIO(response.content))
     assert max(image.size) == 128
@@ -74,5 +74,5 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, published) -> None:
 
 def test_an_unknown_study_is_404(client, patient) -> None:
     client.force_login(patient)
-    response = client.get("/sharing/studies/00000000-0000-0000-0000-000000000000/thumbnail.png")
+    response = client.get("/sharing/studies/00000000-0000-0000-0000-000000000000/thumbnail")
     assert response.status_code == 404
