@@ -19,7 +19,6 @@ from allauth.account.decorators import reauthentication_required
 from allauth.account.models import EmailAddress
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,10 +27,11 @@ from django.utils.formats import date_format
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts.guesses import address_key, count_guess, guesses
 from accounts.models import User
 from accounts.policies import PUBLIC, ROLE, policy
 from audit.codes import Action, Outcome, TargetKind
-from audit.services import audit_record, client_address
+from audit.services import audit_record
 from facilities import selectors, services
 from facilities.access import get_facility_for_user, staff_invitation_for_token
 from facilities.forms import APITokenCreateForm, StaffInviteForm
@@ -258,7 +258,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     pending invitation gets the same "no longer valid" page, is audited as denied and counts
     against the caller's address, so guessing links is slow and visible.
     """
-    if _invitation_guesses_exhausted(request):
+    if guesses(_invitation_guess_key(request)) >= INVITATION_GUESS_LIMIT:
         return render(request, "facilities/invitation_rate_limited.html", status=429)
     invitation = staff_invitation_for_token(token)
     now = timezone.now()
@@ -310,7 +310,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 def _refuse_invitation(
     request: HttpRequest, invitation: StaffInvitation | None, now: Any
 ) -> HttpResponse:
-    _count_invitation_guess(request)
+    count_guess(_invitation_guess_key(request), INVITATION_GUESS_WINDOW_SECONDS)
     reason = "unknown" if invitation is None else invitation.state_at(now)
     audit_record(
         action=Action.STAFF_INVITATION_REFUSED,
@@ -335,21 +335,4 @@ def _account_exists(email: str) -> bool:
 
 
 def _invitation_guess_key(request: HttpRequest) -> str:
-    return f"facilities:invitation-guesses:{client_address(request) or 'unknown'}"
-
-
-def _invitation_guesses_exhausted(request: HttpRequest) -> bool:
-    return int(cache.get(_invitation_guess_key(request), 0)) >= INVITATION_GUESS_LIMIT
-
-
-def _count_invitation_guess(request: HttpRequest) -> None:
-    """Count one refused link for the caller's address in a fixed window. The cache is shared
-    by every web process (Redis in production), so the limit holds across them."""
-    key = _invitation_guess_key(request)
-    if cache.add(key, 1, timeout=INVITATION_GUESS_WINDOW_SECONDS):
-        return
-    try:
-        cache.incr(key)
-    except ValueError:
-        # The window ended between add() and incr(): start a new one.
-        cache.set(key, 1, timeout=INVITATION_GUESS_WINDOW_SECONDS)
+    return address_key("facilities:invitation-guesses", request)

@@ -40,7 +40,6 @@ import logging
 import re
 import secrets
 import smtplib
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -61,9 +60,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from accounts.guesses import address_key, count_guess, guesses
 from accounts.models import User
 from audit.codes import Action, ActorKind, Outcome, TargetKind
-from audit.services import audit_record, client_address
+from audit.services import audit_record
 from consent.decision import LinkActor, decide, in_scope
 from consent.models import ConsentGrant, ConsentWithdrawal, Purpose
 from consent.selectors import grant_last_day, grant_preview
@@ -529,7 +529,8 @@ def share_link_for_token(token: str) -> ShareLink | None:
 
 
 def token_guesses_exhausted(request: HttpRequest) -> bool:
-    return _hits(_address_key("token-guesses", request)) >= settings.LINK_TOKEN_GUESSES_PER_ADDRESS
+    refused = guesses(_address_key("token-guesses", request))
+    return refused >= settings.LINK_TOKEN_GUESSES_PER_ADDRESS
 
 
 def count_token_guess(request: HttpRequest) -> None:
@@ -598,10 +599,10 @@ def request_code(link: ShareLink, request: HttpRequest) -> ShareLinkCode:
     Raises CodeNotSent when too many were asked for (per link, per address), or when the mail
     server failed (nothing is kept then). The caller has checked that the link is live and
     that this session presented its token."""
-    link_key, address_key = _link_key("code-sends", link), _address_key("code-sends", request)
+    link_key, per_address = _link_key("code-sends", link), _address_key("code-sends", request)
     if (
-        _hits(link_key) >= settings.LINK_CODE_SENDS_PER_LINK
-        or _hits(address_key) >= settings.LINK_CODE_SENDS_PER_ADDRESS
+        guesses(link_key) >= settings.LINK_CODE_SENDS_PER_LINK
+        or guesses(per_address) >= settings.LINK_CODE_SENDS_PER_ADDRESS
     ):
         _audit_link(Action.LINK_REFUSED, request, link, Outcome.DENIED, reason="codes_rate_limited")
         raise CodeNotSent("rate_limited")
@@ -625,7 +626,7 @@ def request_code(link: ShareLink, request: HttpRequest) -> ShareLinkCode:
                        type(error).__name__)  # fmt: skip
         raise CodeNotSent("mail_failed") from error
     _hit(link_key)
-    _hit(address_key)
+    _hit(per_address)
     return row
 
 
@@ -636,10 +637,10 @@ def verify_code(link: ShareLink, code: str, request: HttpRequest) -> CodeCheck:
     against the link and the address; past either limit no code is even compared until the
     window ends. Every failure and every success is audited; the first success marks the link
     opened and, if the patient asked for it, tells them."""
-    link_key, address_key = _link_key("code-failures", link), _address_key("code-failures", request)
+    link_key, per_address = _link_key("code-failures", link), _address_key("code-failures", request)
     if (
-        _hits(link_key) >= settings.LINK_CODE_FAILURES_PER_LINK
-        or _hits(address_key) >= settings.LINK_CODE_FAILURES_PER_ADDRESS
+        guesses(link_key) >= settings.LINK_CODE_FAILURES_PER_LINK
+        or guesses(per_address) >= settings.LINK_CODE_FAILURES_PER_ADDRESS
     ):
         _audit_link(Action.LINK_CODE_FAILED, request, link, Outcome.DENIED, reason="rate_limited")
         return CodeCheck.RATE_LIMITED
@@ -688,7 +689,7 @@ def verify_code(link: ShareLink, code: str, request: HttpRequest) -> CodeCheck:
         _bind_session(request, link)
     elif result is CodeCheck.WRONG:
         _hit(link_key)
-        _hit(address_key)
+        _hit(per_address)
     return result
 
 
@@ -816,34 +817,11 @@ def _link_key(kind: str, link: ShareLink) -> str:
 
 
 def _address_key(kind: str, request: HttpRequest) -> str:
-    return f"sharing:link:{kind}:address:{client_address(request) or 'unknown'}"
-
-
-def _hits(key: str) -> int:
-    """How many times `key` was counted in its window. A cache that cannot answer counts as
-    over every limit: guessing must not go unlimited while Redis is down."""
-    from django.core.cache import cache
-
-    try:
-        return int(cache.get(key, 0))
-    except Exception:
-        logger.warning("Rate-limit counter unavailable; refusing", exc_info=True)
-        return sys.maxsize
+    return address_key(f"sharing:link:{kind}:address", request)
 
 
 def _hit(key: str) -> None:
-    from django.core.cache import cache
-
-    window = settings.LINK_GUESS_WINDOW_SECONDS
-    try:
-        if cache.add(key, 1, timeout=window):
-            return
-        try:
-            cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=window)
-    except Exception:
-        logger.warning("Rate-limit counter unavailable", exc_info=True)
+    count_guess(key, settings.LINK_GUESS_WINDOW_SECONDS)
 
 
 # --- What the patient sees ----------------------------------------------------------------------

@@ -59,15 +59,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.http import parse_header_parameters
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.guesses import address_key, count_guess, guesses
 from accounts.policies import TOKEN, policy
 from audit.codes import Action, ActorKind, Outcome, TargetKind
-from audit.services import audit_record, client_address
+from audit.services import audit_record
 from facilities.access import api_token_check
 from facilities.models import APIToken
 from studies.dicom import is_valid_uid
@@ -307,17 +307,7 @@ _REALM = 'Bearer realm="DICOMweb"'
 
 
 def _guess_key(request: HttpRequest) -> str:
-    return f"dicomweb:token-guesses:{client_address(request) or 'unknown'}"
-
-
-def _count_guess(request: HttpRequest) -> None:
-    key = _guess_key(request)
-    if cache.add(key, 1, timeout=TOKEN_GUESS_WINDOW_SECONDS):
-        return
-    try:
-        cache.incr(key)
-    except ValueError:  # the window ended between add() and incr()
-        cache.set(key, 1, timeout=TOKEN_GUESS_WINDOW_SECONDS)
+    return address_key("dicomweb:token-guesses", request)
 
 
 def _refuse_token(request: HttpRequest, reason: str, token: APIToken | None) -> HttpResponse:
@@ -350,7 +340,7 @@ def authenticate_api_token(request: HttpRequest) -> APIToken | HttpResponse:
     Refusals are audited (without the presented token) and answered 401 with a Bearer
     challenge (RFC 6750); an address that keeps presenting bad tokens gets 429 for a while.
     """
-    if int(cache.get(_guess_key(request), 0)) >= TOKEN_GUESS_LIMIT:
+    if guesses(_guess_key(request)) >= TOKEN_GUESS_LIMIT:
         response = _text("Too many refused API tokens from this address; try again later.", 429)
         response["Retry-After"] = str(TOKEN_GUESS_WINDOW_SECONDS)
         return response
@@ -360,12 +350,12 @@ def authenticate_api_token(request: HttpRequest) -> APIToken | HttpResponse:
     scheme, _, raw = header.partition(" ")
     raw = raw.strip()
     if scheme.lower() != "bearer" or not raw:
-        _count_guess(request)
+        count_guess(_guess_key(request), TOKEN_GUESS_WINDOW_SECONDS)
         return _refuse_token(request, "not_bearer", None)
     check = api_token_check(raw)
     if check.active_token is not None:
         return check.active_token
-    _count_guess(request)
+    count_guess(_guess_key(request), TOKEN_GUESS_WINDOW_SECONDS)
     return _refuse_token(request, check.refusal, check.token)
 
 

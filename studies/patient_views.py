@@ -27,7 +27,6 @@ from allauth.account.views import SignupView
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db.models import F, OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -40,10 +39,11 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.guesses import address_key, count_guess, guesses
 from accounts.models import User
 from accounts.policies import LOGIN, PUBLIC, ROLE, policy
 from audit.codes import Action, Outcome, TargetKind
-from audit.services import audit_record, client_address
+from audit.services import audit_record
 from facilities.access import get_membership_for_user
 from facilities.models import Facility
 from studies import invitations, selectors
@@ -293,28 +293,14 @@ def front_desk_link(request: HttpRequest, facility: Facility, patient: Patient) 
 
 
 def _guess_key(request: HttpRequest) -> str:
-    return f"studies:patient-invitation-guesses:{client_address(request) or 'unknown'}"
-
-
-def _guesses_exhausted(request: HttpRequest) -> bool:
-    return int(cache.get(_guess_key(request), 0)) >= INVITATION_GUESS_LIMIT
-
-
-def _count_guess(request: HttpRequest) -> None:
-    key = _guess_key(request)
-    if cache.add(key, 1, timeout=INVITATION_GUESS_WINDOW_SECONDS):
-        return
-    try:
-        cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, timeout=INVITATION_GUESS_WINDOW_SECONDS)
+    return address_key("studies:patient-invitation-guesses", request)
 
 
 def _refuse_invitation(
     request: HttpRequest, invitation: PatientInvitation | None, now: Any
 ) -> HttpResponse:
     """The same plain page whatever the reason; audited as denied; counted as a guess."""
-    _count_guess(request)
+    count_guess(_guess_key(request), INVITATION_GUESS_WINDOW_SECONDS)
     reason = "unknown" if invitation is None else invitation.state_at(now)
     audit_record(
         action=Action.PATIENT_INVITATION_REFUSED,
@@ -347,7 +333,7 @@ def patient_invitation(request: HttpRequest, token: str) -> HttpResponse:
     it). Signed in as that address: confirm, then the account sees the records. Any link that
     is not a pending invitation gets the same plain page.
     """
-    if _guesses_exhausted(request):
+    if guesses(_guess_key(request)) >= INVITATION_GUESS_LIMIT:
         return render(
             request, "studies/invitation_invalid.html", {"rate_limited": True}, status=429
         )
