@@ -978,9 +978,10 @@ def warn_expiring_links(*, now: datetime | None = None) -> int:
         }
         try:
             _send_mail("share_link_expiring", context, link.recipient_email)
-        except Exception:
+        except Exception as exc:
             ShareLink.objects.filter(pk=link.pk).update(expiry_warning_sent_at=None)
-            logger.warning("Expiry warning for share link %s not sent", link.pk, exc_info=True)
+            logger.warning("Expiry warning for share link %s not sent (%s)", link.pk,
+                           type(exc).__name__)  # fmt: skip
             continue
         sent += 1
     return sent

@@ -279,8 +279,10 @@ def _send_patient_invitation_email(*, invitation: PatientInvitation, link: str) 
     )
     try:
         message.send()
-    except Exception:
-        logger.exception("The e-mail for patient invitation %s could not be sent", invitation.pk)
+    except Exception as exc:
+        # The kind of failure only: SMTP errors can quote the patient's address.
+        logger.warning("The e-mail for patient invitation %s could not be sent (%s)",
+                       invitation.pk, type(exc).__name__)  # fmt: skip
 
 
 @transaction.atomic
